@@ -1,0 +1,23 @@
+"""fpn_plugin: the FPN paper (Lin et al., CVPR 2017) as Detectron2 components.
+
+Importing the package registers the backbone ``build_resnet_fpn_paper_backbone``, the ROI heads
+``FPNPaperROIHeads``, the necks of :data:`NECK_REGISTRY` and the embedded datasets.
+"""
+from .config import add_fpn_paper_config
+from .necks import NECK_REGISTRY, PaperFPN, PyramidNeck, build_neck
+from .backbone import build_resnet_fpn_paper_backbone
+from .poolers import LevelROIPooler, roi_levels
+from .roi_heads import FPNPaperROIHeads
+from . import data  # registers the embedded datasets
+
+__all__ = [
+    "add_fpn_paper_config",
+    "NECK_REGISTRY",
+    "PaperFPN",
+    "PyramidNeck",
+    "build_neck",
+    "build_resnet_fpn_paper_backbone",
+    "LevelROIPooler",
+    "roi_levels",
+    "FPNPaperROIHeads",
+]

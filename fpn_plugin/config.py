@@ -1,0 +1,44 @@
+"""The plugin's config keys: one namespace, ``MODEL.FPN_PAPER``, with the paper's defaults.
+
+Detectron2's own keys keep their meaning (``MODEL.FPN.IN_FEATURES``, ``MODEL.FPN.NORM``,
+``MODEL.FPN.FUSE_TYPE``, ``MODEL.FPN.OUT_CHANNELS``, the RPN, anchor and ROI-head keys); the keys
+here hold only what Detectron2 has no key for.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_fpn_paper_config", "check_choice", "check_width"]
+
+
+def add_fpn_paper_config(cfg):
+    """Add ``MODEL.FPN_PAPER.*`` to a Detectron2 config, in place, and return it.
+
+    Calling it twice is harmless: keys already present keep their values.
+    """
+    if "FPN_PAPER" in cfg.MODEL:
+        return cfg
+    _C = cfg.MODEL.FPN_PAPER = CN()
+    # Name in fpn_plugin.NECK_REGISTRY of the layers built on C2..C5 ("PaperFPN": Sec. 3, Fig. 3).
+    _C.NECK = "PaperFPN"
+    # Width d of the 1x1 laterals and the top-down pathway; None: MODEL.FPN.OUT_CHANNELS (d = 256).
+    _C.TOP_DOWN_CHANNELS = None
+    # Width of the 3x3 output convs, i.e. of P2..P6; None: MODEL.FPN.OUT_CHANNELS (128 in Sec. 6).
+    _C.OUT_CHANNELS = None
+    # k0 of Eq. 1: the level a canonical-size RoI is pooled from (4, i.e. P4, stride 16).
+    _C.CANONICAL_LEVEL = 4
+    # The 224 of Eq. 1: canonical RoI size sqrt(wh) in pixels (the ImageNet pre-training size).
+    _C.CANONICAL_SIZE = 224
+    # Rounding of Eq. 1: "floor" (the paper) or "round" (round to nearest, as Keras Mask R-CNN).
+    _C.LEVEL_ROUNDING = "floor"
+    return cfg
+
+
+def check_choice(value, allowed, key):
+    """Raise ValueError naming ``key`` and the allowed values unless ``value`` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def check_width(value, key):
+    """Raise ValueError naming ``key`` unless ``value`` is a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{key}={value!r} must be a positive integer (a channel count)")

@@ -1,0 +1,26 @@
+"""Data: the embedded synthetic shapes dataset and the checks applied to training sets."""
+from .datasets import (
+    DatasetFileError,
+    check_dataset_files,
+    check_has_masks,
+    prepare_datasets,
+    register_shapes,
+    sanitize_annotations,
+)
+from .shapes import CATEGORIES, SPLITS, ShapesSpec, generate_shapes
+
+for _name in SPLITS:
+    register_shapes(_name)
+
+__all__ = [
+    "CATEGORIES",
+    "SPLITS",
+    "ShapesSpec",
+    "generate_shapes",
+    "register_shapes",
+    "prepare_datasets",
+    "sanitize_annotations",
+    "check_dataset_files",
+    "check_has_masks",
+    "DatasetFileError",
+]

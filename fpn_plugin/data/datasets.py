@@ -1,0 +1,109 @@
+"""Registration of the embedded splits, and the checks every training set goes through."""
+import json
+import logging
+import os
+from typing import Dict, List
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json, register_coco_instances
+from detectron2.structures import BoxMode
+
+from .shapes import CATEGORIES, SPLITS, ensure_shapes
+
+__all__ = [
+    "register_shapes",
+    "prepare_datasets",
+    "sanitize_annotations",
+    "check_dataset_files",
+    "check_has_masks",
+    "DatasetFileError",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetFileError(RuntimeError):
+    """An annotation or image file is missing or unreadable; the message names the file."""
+
+
+def _default_root() -> str:
+    # Where Detectron2 looks for its builtin datasets; the embedded splits live beside them.
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def load_json_checked(json_file: str, image_root: str, name: str) -> List[Dict]:
+    """``load_coco_json`` with one clear error naming the file when it is missing or corrupt."""
+    if not os.path.isfile(json_file):
+        raise DatasetFileError(f"annotation file of dataset '{name}' not found: {json_file}")
+    try:
+        return load_coco_json(json_file, image_root, name)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DatasetFileError(
+            f"annotation file of dataset '{name}' is corrupt: {json_file} ({type(e).__name__}: {e})"
+        ) from e
+
+
+def register_shapes(name: str, root: str = None):
+    """Register split ``name`` of :data:`SPLITS` (COCO json form, generated on first use)."""
+    root = _default_root() if root is None else root
+    out_dir = os.path.join(root, name)
+    json_file, image_root = os.path.join(out_dir, "annotations.json"), os.path.join(out_dir, "images")
+
+    def load():
+        ensure_shapes(name, root)
+        return load_json_checked(json_file, image_root, name)
+
+    DatasetCatalog.register(name, load)
+    # register_coco_instances keeps the loader above (it registers one only for a new name)
+    # and sets the metadata COCOEvaluator reads: json_file, image_root, evaluator_type.
+    register_coco_instances(name, {"thing_classes": list(CATEGORIES)}, json_file, image_root)
+
+
+def prepare_datasets(names) -> None:
+    """Generate the embedded splits among ``names`` that are not on disk yet (others untouched)."""
+    for name in names:
+        if name in SPLITS and name in DatasetCatalog:
+            meta = MetadataCatalog.get(name)
+            ensure_shapes(name, os.path.dirname(os.path.dirname(meta.json_file)))
+
+
+def check_dataset_files(names) -> None:
+    """Raise DatasetFileError naming the file if a COCO-form dataset's json is missing."""
+    for name in names:
+        json_file = MetadataCatalog.get(name).get("json_file")
+        if json_file and not os.path.isfile(json_file):
+            raise DatasetFileError(f"annotation file of dataset '{name}' not found: {json_file}")
+
+
+def sanitize_annotations(dataset_dicts: List[Dict]) -> List[Dict]:
+    """Drop, with one warning, the annotations that would train on nothing: boxes of zero or
+    negative area and boxes wholly outside their image. Partly-outside boxes are kept (the
+    data mapper clips them). Records are copied, never changed in place."""
+    out, dropped = [], []
+    for record in dataset_dicts:
+        w, h = record.get("width"), record.get("height")
+        keep = []
+        for anno in record.get("annotations", []):
+            x0, y0, x1, y1 = BoxMode.convert(list(anno["bbox"]), anno["bbox_mode"], BoxMode.XYXY_ABS)
+            outside = w is not None and h is not None and (x0 >= w or y0 >= h or x1 <= 0 or y1 <= 0)
+            if x1 <= x0 or y1 <= y0 or outside:
+                dropped.append((record.get("file_name"), list(anno["bbox"])))
+            else:
+                keep.append(anno)
+        out.append({**record, "annotations": keep} if "annotations" in record else record)
+    if dropped:
+        logger.warning(
+            "Dropped %d annotations with zero area or outside their image, e.g. %s",
+            len(dropped), "; ".join(f"{f} bbox={b}" for f, b in dropped[:3]),
+        )
+    return out
+
+
+def check_has_masks(dataset_dicts: List[Dict], names) -> None:
+    """MODEL.MASK_ON needs instance masks: raise ValueError naming the datasets that lack them."""
+    annos = [a for r in dataset_dicts for a in r.get("annotations", [])]
+    if annos and not any("segmentation" in a for a in annos):
+        raise ValueError(
+            f"MODEL.MASK_ON=True but the training set {list(names)} has no instance masks "
+            "('segmentation' in its annotations); use a dataset with masks or set MODEL.MASK_ON False"
+        )

@@ -1,0 +1,217 @@
+"""The embedded dataset: deterministic, multi-scale synthetic shapes in COCO json form.
+
+Five categories of filled polygons (circle as a 64-gon, rectangle, triangle, star, cross) whose
+extent is drawn log-uniformly from ``object_size`` (8..400 px by default), so COCO's small
+(area < 32^2), medium and large objects all occur in quantity. Backgrounds are textured
+(low-frequency colour noise, grain and random line clutter); boxes overlap freely, while the
+shapes themselves never share a pixel, so every polygon annotation is the exact mask of what was
+drawn. The same spec always gives the same images (numpy's PCG64, seeded per image).
+
+Generation writes into a temporary folder beside the cache and renames it into place only when
+every image and the json are written: a folder under its final name is always complete, and the
+leftovers of an interrupted run are removed by the next one.
+"""
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+__all__ = ["CATEGORIES", "ShapesSpec", "SPLITS", "generate_shapes", "ensure_shapes", "shape_polygon"]
+
+logger = logging.getLogger(__name__)
+
+CATEGORIES = ("circle", "rectangle", "triangle", "star", "cross")
+ANNOTATIONS = "annotations.json"
+
+
+@dataclass(frozen=True)
+class ShapesSpec:
+    """What one split holds; two equal specs give byte-identical annotations."""
+
+    num_images: int
+    image_size: Tuple[int, int] = (360, 480)  # each side uniform in [min, max] px
+    object_size: Tuple[float, float] = (8.0, 400.0)  # a shape's nominal extent, log-uniform
+    max_objects: int = 12
+    empty_fraction: float = 0.04  # images with no object at all (pure background)
+    seed: int = 0
+
+
+#: The registered splits. The default main job trains on ``fpn_shapes_train`` and evaluates on
+#: ``fpn_shapes_val``; the ``tiny`` ones are for tests and quick checks.
+SPLITS: Dict[str, ShapesSpec] = {
+    "fpn_shapes_train": ShapesSpec(num_images=1000, seed=1),
+    "fpn_shapes_val": ShapesSpec(num_images=100, seed=2),
+    "fpn_shapes_tiny_train": ShapesSpec(
+        num_images=8, image_size=(64, 100), object_size=(8, 60), max_objects=4, seed=3
+    ),
+    "fpn_shapes_tiny_val": ShapesSpec(
+        num_images=4, image_size=(64, 100), object_size=(8, 60), max_objects=4, seed=4
+    ),
+}
+
+
+def shape_polygon(category: str, cx: float, cy: float, size: float, angle: float, aspect: float):
+    """Vertices (K, 2) of a shape centred at (cx, cy), and its closed-form area.
+
+    ``size`` is the nominal extent in px (diameter, side, or tip-to-tip), ``angle`` a rotation
+    in radians and ``aspect`` (0.5..1) the rectangle's height/width ratio.
+    """
+    r = size / 2.0
+    if category == "circle":
+        t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        pts, area = np.stack([np.cos(t), np.sin(t)], 1) * r, math.pi * r * r
+    elif category == "rectangle":
+        w, h = size, size * aspect
+        pts = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) / 2.0
+        area = w * h
+    elif category == "triangle":  # isosceles: base = height = size
+        pts = np.array([[0.0, -r], [r, r], [-r, r]])
+        area = size * size / 2.0
+    elif category == "star":  # five points, inner radius 0.45 of the outer
+        t = np.arange(10) * np.pi / 5 - np.pi / 2
+        rad = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
+        pts = np.stack([np.cos(t), np.sin(t)], 1) * rad[:, None]
+        area = 5 * r * (0.45 * r) * math.sin(math.pi / 5)
+    elif category == "cross":  # a plus sign, arms a third of the extent wide
+        a = size / 6.0
+        pts = np.array([
+            [-a, -r], [a, -r], [a, -a], [r, -a], [r, a], [a, a],
+            [a, r], [-a, r], [-a, a], [-r, a], [-r, -a], [-a, -a],
+        ])
+        area = 2 * size * (2 * a) - (2 * a) ** 2
+    else:
+        raise ValueError(f"unknown shape category {category!r}; one of {CATEGORIES}")
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return pts @ rot.T + np.array([cx, cy]), area
+
+
+def _background(rng, h, w) -> Image.Image:
+    """Textured clutter: smooth colour noise, fine grain and random lines."""
+    coarse = rng.uniform(0, 255, size=(rng.integers(3, 9), rng.integers(3, 9), 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.float32)
+    img = img * rng.uniform(0.4, 0.9) + rng.normal(0, rng.uniform(4, 14), size=(h, w, 3))
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    for _ in range(int(rng.integers(4, 20))):
+        xy = rng.uniform(0, 1, 4) * [w, h, w, h]
+        draw.line(list(map(float, xy)), fill=tuple(int(c) for c in rng.integers(0, 256, 3)),
+                  width=int(rng.integers(1, 4)))
+    return pil
+
+
+def _draw_image(spec: ShapesSpec, index: int):
+    """One image and its annotations (COCO dicts without ids)."""
+    rng = np.random.default_rng([spec.seed, index])
+    w, h = (int(rng.integers(spec.image_size[0], spec.image_size[1] + 1)) for _ in range(2))
+    image = _background(rng, h, w)
+    draw = ImageDraw.Draw(image)
+    occupied = Image.new("L", (w, h), 0)  # pixels already covered by a shape (dilated by 1)
+    n = 0 if rng.uniform() < spec.empty_fraction else int(rng.integers(1, spec.max_objects + 1))
+    lo, hi = np.log(spec.object_size[0]), np.log(min(spec.object_size[1], min(w, h) - 4))
+    sizes = sorted(np.exp(rng.uniform(lo, hi, n)), reverse=True)  # big first: they need room
+    annos = []
+    for size in sizes:
+        cat = int(rng.integers(len(CATEGORIES)))
+        angle, aspect = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.0)
+        for _ in range(30):  # a few tries to find free room; else the shape is not drawn
+            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+            pts, area = shape_polygon(CATEGORIES[cat], cx, cy, size, angle, aspect)
+            x0, y0 = pts.min(0)
+            x1, y1 = pts.max(0)
+            if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+                continue
+            mask = Image.new("L", (w, h), 0)
+            ImageDraw.Draw(mask).polygon([tuple(p) for p in pts], fill=255)
+            if np.any(np.asarray(occupied)[np.asarray(mask) > 0]):
+                continue
+            occupied.paste(255, mask=mask.filter(ImageFilter.MaxFilter(3)))
+            draw.polygon([tuple(p) for p in pts], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+            annos.append({
+                "category_id": cat + 1,
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],  # XYWH, absolute
+                "segmentation": [[round(float(v), 2) for v in pts.reshape(-1)]],
+                "area": float(area),
+                "iscrowd": 0,
+            })
+            break
+    return image, annos
+
+
+def generate_shapes(spec: ShapesSpec, out_dir: str) -> str:
+    """Write ``spec``'s images and ``annotations.json`` into ``out_dir`` (which is replaced
+    atomically at the end); returns the json path. Logs progress with an ETA."""
+    parent, name = os.path.split(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    _remove_stale(parent, name)
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "images"))
+    images, annotations = [], []
+    start, step = time.perf_counter(), max(1, spec.num_images // 10)
+    logger.info("Generating %d images of %s into %s ...", spec.num_images, name, out_dir)
+    for i in range(spec.num_images):
+        image, annos = _draw_image(spec, i)
+        file_name = f"{i:06d}.jpg"
+        image.save(os.path.join(tmp, "images", file_name), quality=92)
+        images.append({"id": i + 1, "file_name": file_name, "width": image.width, "height": image.height})
+        for a in annos:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **a})
+        if (i + 1) % step == 0 or i + 1 == spec.num_images:
+            spent = time.perf_counter() - start
+            eta = spent / (i + 1) * (spec.num_images - i - 1)
+            logger.info("  %s: %d/%d images, ETA %.0f s", name, i + 1, spec.num_images, eta)
+    coco = {
+        "info": {"description": f"fpn_plugin synthetic shapes, {spec}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CATEGORIES)],
+    }
+    with open(os.path.join(tmp, ANNOTATIONS), "w") as f:
+        json.dump(coco, f)
+    try:
+        os.replace(tmp, out_dir)  # atomic: the folder appears complete or not at all
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same split first
+        if not os.path.isfile(os.path.join(out_dir, ANNOTATIONS)):
+            raise
+    logger.info("Wrote %s: %d images, %d objects", out_dir, len(images), len(annotations))
+    return os.path.join(out_dir, ANNOTATIONS)
+
+
+def _remove_stale(parent: str, name: str):
+    """Remove temporary folders of ``name`` left by generator processes that no longer run."""
+    prefix = f".{name}.tmp-"
+    for entry in os.listdir(parent):
+        if not entry.startswith(prefix):
+            continue
+        pid = entry[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        logger.warning("Removing the leftovers of an interrupted generation: %s", entry)
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ensure_shapes(name: str, root: str) -> str:
+    """The json path of split ``name`` under ``root``, generating the split on first use."""
+    out_dir = os.path.join(root, name)
+    json_file = os.path.join(out_dir, ANNOTATIONS)
+    if not os.path.isfile(json_file):
+        generate_shapes(SPLITS[name], out_dir)
+    return json_file

@@ -1,0 +1,228 @@
+"""Necks: the layers that turn the bottom-up maps C2..C5 into the pyramid P2..P6.
+
+A neck is a Detectron2 :class:`Backbone` that owns its bottom-up network (as Detectron2's
+``FPN`` does), so parameter names are ``bottom_up.*`` and ``fpn_lateral{k}``/``fpn_output{k}``
+exactly as in Detectron2's checkpoints. Necks are looked up by name in :data:`NECK_REGISTRY`;
+a user registers their own with ``@NECK_REGISTRY.register()`` and selects it with
+``MODEL.FPN_PAPER.NECK``. A registered neck is called as ``neck(cfg, bottom_up)``.
+"""
+import logging
+import math
+from typing import Dict, List
+
+import fvcore.nn.weight_init as weight_init
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling import Backbone
+from fvcore.common.registry import Registry
+
+from .config import check_choice, check_width
+
+__all__ = ["NECK_REGISTRY", "PyramidNeck", "PaperFPN", "build_neck", "NORMS", "FUSE_TYPES"]
+
+logger = logging.getLogger(__name__)
+
+NECK_REGISTRY = Registry("FPN_PAPER_NECK")
+NECK_REGISTRY.__doc__ = """
+Registry for necks: Backbones built as ``neck(cfg, bottom_up)`` on top of a bottom-up Backbone.
+"""
+
+#: Values of MODEL.FPN.NORM the necks accept ("" is no normalisation, the paper's setting).
+NORMS = ("", "BN", "GN", "SyncBN")
+#: Values of MODEL.FPN.FUSE_TYPE: "sum" is the paper's element-wise addition, "avg" its mean.
+FUSE_TYPES = ("sum", "avg")
+
+
+def level_of(stride: int) -> int:
+    """Pyramid level of a feature map of the given stride: log2(stride) (stride 16 -> 4)."""
+    return int(round(math.log2(stride)))
+
+
+class PyramidNeck(Backbone):
+    """Base class of the necks: a Backbone made of ``bottom_up`` and layers on its outputs.
+
+    Subclasses set ``self._out_feature_strides`` / ``self._out_feature_channels`` (dicts keyed
+    by output name, in fine-to-coarse order) and implement :meth:`pyramid`.
+    """
+
+    def __init__(self, bottom_up: Backbone, in_features: List[str]):
+        """
+        Args:
+            bottom_up: the bottom-up Backbone; its outputs named in ``in_features`` feed the neck.
+            in_features: names of the bottom-up outputs used, fine to coarse, strides
+                doubling from one to the next (e.g. ``["res2", "res3", "res4", "res5"]``).
+        """
+        super().__init__()
+        if not isinstance(bottom_up, Backbone):
+            raise TypeError(f"bottom_up must be a detectron2 Backbone, got {type(bottom_up)}")
+        shapes = bottom_up.output_shape()
+        missing = [f for f in in_features if f not in shapes]
+        if not in_features or missing:
+            raise ValueError(
+                f"MODEL.FPN.IN_FEATURES={list(in_features)}: {missing or 'empty'} not produced by "
+                f"the bottom-up network, which gives {list(shapes)} "
+                "(set MODEL.RESNETS.OUT_FEATURES to produce more)"
+            )
+        strides = [shapes[f].stride for f in in_features]
+        if any(b != 2 * a for a, b in zip(strides, strides[1:])):
+            raise ValueError(
+                f"MODEL.FPN.IN_FEATURES={list(in_features)} have strides {strides}; each must "
+                "be twice the previous one (fine to coarse, no gaps)"
+            )
+        self.bottom_up = bottom_up
+        self.in_features = tuple(in_features)
+        self.in_strides = strides
+        self.in_channels = [shapes[f].channels for f in in_features]
+        self._size_divisibility = strides[-1]
+
+    @property
+    def size_divisibility(self) -> int:
+        # Images are padded to a multiple of the coarsest input stride, so each top-down x2
+        # upsampling lands exactly on the next finer map (any image size >= 1 px works).
+        return self._size_divisibility
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            x: images, (N, 3, H, W), H and W multiples of ``size_divisibility``.
+        Returns:
+            dict of pyramid maps by name, e.g. ``p2`` (N, C, H/4, W/4) ... ``p6`` (N, C, H/64, W/64).
+        """
+        return self.pyramid(self.bottom_up(x))
+
+    def pyramid(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The neck alone: bottom-up maps by name in, pyramid maps by name out."""
+        raise NotImplementedError
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(channels=self._out_feature_channels[name], stride=stride)
+            for name, stride in self._out_feature_strides.items()
+        }
+
+
+@NECK_REGISTRY.register()
+class PaperFPN(PyramidNeck):
+    """The paper's feature pyramid (Sec. 3, Fig. 3).
+
+    For each C_k: a 1x1 lateral conv to ``top_down_channels``; from the coarsest level down,
+    M_k = lateral(C_k) + nearest-x2-upsample(M_{k+1}); P_k = 3x3 conv(M_k) to ``out_channels``.
+    No non-linearity anywhere ("there are no non-linearities in these extra layers", Sec. 3).
+    P6 (``p6_for_rpn``) is P5 subsampled with stride 2 by max-pool of kernel 1, as the
+    paper's released code does (Sec. 4.1); it exists for the RPN's 512^2 anchors only.
+
+    Inputs C2..C5 at strides 4..32; outputs ``p2..p5`` (strides 4..32) and ``p6`` (64),
+    each (N, out_channels, H/stride, W/stride) for padded images (N, 3, H, W).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        bottom_up: Backbone,
+        in_features: List[str],
+        top_down_channels: int,
+        out_channels: int,
+        norm: str = "",
+        fuse_type: str = "sum",
+        p6_for_rpn: bool = True,
+    ):
+        """
+        Args:
+            bottom_up, in_features: see :class:`PyramidNeck`.
+            top_down_channels: width of the laterals and of the top-down pathway (paper: 256).
+            out_channels: width of the 3x3 output convs, i.e. of every P_k (256; 128 in Sec. 6).
+            norm: "" (paper), "BN", "GN" or "SyncBN" after each lateral and output conv.
+            fuse_type: "sum" (paper) or "avg" (the mean of the lateral and top-down maps).
+            p6_for_rpn: add P6 = maxpool(P5, kernel 1, stride 2).
+        """
+        super().__init__(bottom_up, in_features)
+        check_width(top_down_channels, "top_down_channels")
+        check_width(out_channels, "out_channels")
+        check_choice(norm, NORMS, "norm")
+        check_choice(fuse_type, FUSE_TYPES, "fuse_type")
+        bias = norm == ""  # a norm layer's shift replaces the conv bias
+        laterals, outputs = [], []
+        for stride, channels in zip(self.in_strides, self.in_channels):
+            k = level_of(stride)
+            lateral = Conv2d(
+                channels, top_down_channels, kernel_size=1, bias=bias,
+                norm=get_norm(norm, top_down_channels),
+            )
+            output = Conv2d(
+                top_down_channels, out_channels, kernel_size=3, padding=1, bias=bias,
+                norm=get_norm(norm, out_channels),
+            )
+            weight_init.c2_xavier_fill(lateral)
+            weight_init.c2_xavier_fill(output)
+            # Detectron2's names, so its FPN checkpoints load as they are.
+            self.add_module(f"fpn_lateral{k}", lateral)
+            self.add_module(f"fpn_output{k}", output)
+            laterals.append(lateral)
+            outputs.append(output)
+        # Plain lists (not ModuleLists): the modules are registered once, under the names above.
+        self.lateral_convs = laterals
+        self.output_convs = outputs
+        self.fuse_type = fuse_type
+        self.p6_for_rpn = p6_for_rpn
+        self._out_feature_strides = {f"p{level_of(s)}": s for s in self.in_strides}
+        if p6_for_rpn:
+            self._out_feature_strides[f"p{level_of(self.in_strides[-1]) + 1}"] = 2 * self.in_strides[-1]
+        self._out_features = list(self._out_feature_strides)
+        self._out_feature_channels = {k: out_channels for k in self._out_features}
+
+    @classmethod
+    def from_config(cls, cfg, bottom_up):
+        top_down, out = fpn_widths(cfg)
+        check_choice(cfg.MODEL.FPN.NORM, NORMS, "MODEL.FPN.NORM")
+        check_choice(cfg.MODEL.FPN.FUSE_TYPE, FUSE_TYPES, "MODEL.FPN.FUSE_TYPE")
+        return {
+            "bottom_up": bottom_up,
+            "in_features": list(cfg.MODEL.FPN.IN_FEATURES),
+            "top_down_channels": top_down,
+            "out_channels": out,
+            "norm": cfg.MODEL.FPN.NORM,
+            "fuse_type": cfg.MODEL.FPN.FUSE_TYPE,
+        }
+
+    def merge(self, lateral: torch.Tensor, top_down: torch.Tensor) -> torch.Tensor:
+        """Merge of Fig. 3: upsample the coarser map x2 by nearest neighbour and add."""
+        up = F.interpolate(top_down, scale_factor=2.0, mode="nearest")
+        if self.fuse_type == "avg":
+            return (lateral + up) * 0.5
+        return lateral + up
+
+    def pyramid(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        n = len(self.in_features)
+        merged = self.lateral_convs[-1](features[self.in_features[-1]])  # 1x1 on C5 starts it
+        results = [self.output_convs[-1](merged)]
+        for i in range(n - 2, -1, -1):
+            merged = self.merge(self.lateral_convs[i](features[self.in_features[i]]), merged)
+            results.insert(0, self.output_convs[i](merged))
+        if self.p6_for_rpn:
+            results.append(F.max_pool2d(results[-1], kernel_size=1, stride=2))
+        return dict(zip(self._out_features, results))
+
+
+def fpn_widths(cfg):
+    """(top-down width, output width) from the plugin's keys, falling back to MODEL.FPN.OUT_CHANNELS."""
+    default = cfg.MODEL.FPN.OUT_CHANNELS
+    check_width(default, "MODEL.FPN.OUT_CHANNELS")
+    widths = []
+    for key in ("TOP_DOWN_CHANNELS", "OUT_CHANNELS"):
+        value = cfg.MODEL.FPN_PAPER[key]
+        value = default if value is None else value
+        check_width(value, f"MODEL.FPN_PAPER.{key}")
+        widths.append(value)
+    return tuple(widths)
+
+
+def build_neck(cfg, bottom_up: Backbone) -> PyramidNeck:
+    """Build the neck named by MODEL.FPN_PAPER.NECK on ``bottom_up``."""
+    name = cfg.MODEL.FPN_PAPER.NECK
+    check_choice(name, sorted(NECK_REGISTRY._obj_map), "MODEL.FPN_PAPER.NECK")
+    neck = NECK_REGISTRY.get(name)(cfg, bottom_up)
+    logger.info("Neck %s: outputs (channels, stride) %s", name, {k: (v.channels, v.stride) for k, v in neck.output_shape().items()})
+    return neck

@@ -1,0 +1,116 @@
+"""The whole Faster R-CNN: both widths in train and eval, odd image sizes, and checkpoints."""
+import os
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model, build_resnet_backbone
+from detectron2.modeling.backbone import FPN
+from detectron2.model_zoo import get_config_file
+from detectron2.utils.events import EventStorage
+
+
+def inputs(*sizes, boxes=True):
+    out = []
+    for h, w in sizes:
+        d = {"image": torch.randint(0, 256, (3, h, w)).float(), "height": h, "width": w}
+        if boxes:
+            from detectron2.structures import Boxes, Instances
+
+            inst = Instances((h, w))
+            inst.gt_boxes = Boxes(torch.tensor([[2.0, 3.0, w / 2, h / 2], [w / 3, h / 4, w - 1, h - 2]]))
+            inst.gt_classes = torch.tensor([0, 3])
+            d["instances"] = inst
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("config", ["fpn_paper.yaml", "fpn_paper_128.yaml"])
+def test_train_step_and_inference(make_cfg, config):
+    model = build_model(make_cfg(config))
+    width = 128 if "128" in config else 256
+    assert model.roi_heads.box_head.fc1.in_features == width * 7 * 7
+    assert model.proposal_generator.rpn_head.conv.in_channels == width
+    model.train()
+    with EventStorage():
+        losses = model(inputs((96, 128), (70, 101)))
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.fpn_output2.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model(inputs((96, 128), boxes=False))
+    inst = out[0]["instances"]
+    assert inst.image_size == (96, 128) and inst.pred_boxes.tensor.shape[1] == 4
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (33, 45), (61, 97), (200, 33)])
+def test_any_image_size_from_32px(make_cfg, hw):
+    model = build_model(make_cfg()).eval()
+    with torch.no_grad():
+        out = model(inputs(hw, boxes=False))
+    assert out[0]["instances"].image_size == hw
+
+
+def stock_model():
+    """Detectron2's own faster_rcnn_R_50_FPN_1x, built on the CPU."""
+    cfg = get_cfg()
+    cfg.merge_from_file(get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    return build_model(cfg).eval(), cfg
+
+
+def test_stock_checkpoint_round_trip(make_cfg, tmp_path):
+    stock, stock_cfg = stock_model()
+    assert isinstance(stock.backbone, FPN)
+    path = os.path.join(tmp_path, "stock.pth")
+    torch.save({"model": stock.state_dict()}, path)
+
+    cfg = make_cfg("Base-FPN-Paper.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", 80, small=False)
+    model = build_model(cfg).eval()
+    incompatible = DetectionCheckpointer(model)._load_model(torch.load(path))
+    assert not incompatible.missing_keys
+    assert not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+    assert model.state_dict().keys() == stock.state_dict().keys()
+
+    # Same weights, same input: the same pyramid, bit for bit, and the same detections.
+    x = torch.randn(1, 3, 160, 224)
+    with torch.no_grad():
+        ours, theirs = model.backbone(x), stock.backbone(x)
+        assert list(ours) == list(theirs)
+        for k in ours:
+            assert torch.equal(ours[k], theirs[k]), k
+        batch = inputs((150, 210), boxes=False)
+        a, b = model(batch)[0]["instances"], stock(batch)[0]["instances"]
+    torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor)
+    torch.testing.assert_close(a.scores, b.scores)
+
+
+def test_bottom_up_has_detectron2_resnet_names(make_cfg):
+    """ImageNet R-50 checkpoints are mapped by Detectron2 onto its ResNet's names; ours are those."""
+    cfg = make_cfg("Base-FPN-Paper.yaml", small=False)
+    model = build_model(cfg)
+    from detectron2.layers import ShapeSpec
+
+    resnet = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    ours = {k[len("backbone.bottom_up."):]: v.shape for k, v in model.state_dict().items()
+            if k.startswith("backbone.bottom_up.")}
+    assert ours == {k: v.shape for k, v in resnet.state_dict().items()}
+
+
+def test_256_checkpoint_into_128_variant_reports_skipped(make_cfg, tmp_path):
+    src = build_model(make_cfg("fpn_paper.yaml"))
+    path = os.path.join(tmp_path, "w256.pth")
+    torch.save({"model": src.state_dict()}, path)
+    dst = build_model(make_cfg("fpn_paper_128.yaml"))
+    checkpointer = DetectionCheckpointer(dst)
+    checkpointer.load(path)  # must not raise
+    skipped = {k for k, *_ in checkpointer._load_model(torch.load(path)).incorrect_shapes}
+    assert {f"backbone.fpn_output{k}.weight" for k in range(2, 6)} <= skipped
+    assert "roi_heads.box_head.fc1.weight" in skipped
+    assert "backbone.fpn_lateral2.weight" not in skipped  # top-down width is 256 in both
+    assert torch.equal(dst.backbone.fpn_lateral2.weight, src.backbone.fpn_lateral2.weight)
