@@ -175,6 +175,8 @@ def generate_shapes(spec: ShapesSpec, out_dir: str) -> str:
     }
     with open(os.path.join(tmp, ANNOTATIONS), "w") as f:
         json.dump(coco, f)
+    if os.path.isdir(out_dir) and not os.path.isfile(os.path.join(out_dir, ANNOTATIONS)):
+        shutil.rmtree(out_dir)  # a folder without its json was not written by a finished run
     try:
         os.replace(tmp, out_dir)  # atomic: the folder appears complete or not at all
     except OSError:
