@@ -87,7 +87,8 @@ def main(args):
     if comm.get_local_rank() == 0:
         prepare_datasets(datasets)  # embedded splits are generated once per machine
     comm.synchronize()
-    check_dataset_files(datasets)
+    proposals = cfg.DATASETS.PROPOSAL_FILES_TRAIN + cfg.DATASETS.PROPOSAL_FILES_TEST if cfg.MODEL.LOAD_PROPOSALS else ()
+    check_dataset_files(datasets, proposals)
 
     if args.eval_only:
         model = Trainer.build_model(cfg)

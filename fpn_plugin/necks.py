@@ -8,7 +8,7 @@ a user registers their own with ``@NECK_REGISTRY.register()`` and selects it wit
 """
 import logging
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -20,7 +20,10 @@ from fvcore.common.registry import Registry
 
 from .config import check_choice, check_width
 
-__all__ = ["NECK_REGISTRY", "PyramidNeck", "PaperFPN", "build_neck", "NORMS", "FUSE_TYPES"]
+__all__ = [
+    "NECK_REGISTRY", "PyramidNeck", "PaperFPN", "BottomUpPyramid", "TopDownNoLateral",
+    "FinestLevelOnly", "build_neck", "NORMS", "FUSE_TYPES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ class PyramidNeck(Backbone):
 
 @NECK_REGISTRY.register()
 class PaperFPN(PyramidNeck):
-    """The paper's feature pyramid (Sec. 3, Fig. 3).
+    """The paper's feature pyramid (Sec. 3, Fig. 3), and its ablations (Sec. 5.1, Tables 1-2).
 
     For each C_k: a 1x1 lateral conv to ``top_down_channels``; from the coarsest level down,
     M_k = lateral(C_k) + nearest-x2-upsample(M_{k+1}); P_k = 3x3 conv(M_k) to ``out_channels``.
@@ -115,6 +118,9 @@ class PaperFPN(PyramidNeck):
 
     Inputs C2..C5 at strides 4..32; outputs ``p2..p5`` (strides 4..32) and ``p6`` (64),
     each (N, out_channels, H/stride, W/stride) for padded images (N, 3, H, W).
+    ``top_down=False`` gives M_k = lateral(C_k) (row (d), bottom-up pyramid only);
+    ``lateral=False`` gives M_k = upsample(M_{k+1}) with the 1x1 on C5 only (row (e));
+    ``out_levels`` keeps a subset of the outputs, e.g. ``["p2"]`` (row (f)).
     """
 
     @configurable
@@ -128,6 +134,9 @@ class PaperFPN(PyramidNeck):
         norm: str = "",
         fuse_type: str = "sum",
         p6_for_rpn: bool = True,
+        top_down: bool = True,
+        lateral: bool = True,
+        out_levels: Optional[List[str]] = None,
     ):
         """
         Args:
@@ -137,41 +146,46 @@ class PaperFPN(PyramidNeck):
             norm: "" (paper), "BN", "GN" or "SyncBN" after each lateral and output conv.
             fuse_type: "sum" (paper) or "avg" (the mean of the lateral and top-down maps).
             p6_for_rpn: add P6 = maxpool(P5, kernel 1, stride 2).
+            top_down, lateral: keep the top-down pathway / the lateral connections.
+            out_levels: the P_k to output (default: one per input); P6 needs p5 among them.
         """
         super().__init__(bottom_up, in_features)
         check_width(top_down_channels, "top_down_channels")
         check_width(out_channels, "out_channels")
         check_choice(norm, NORMS, "norm")
         check_choice(fuse_type, FUSE_TYPES, "fuse_type")
+        if not (top_down or lateral):
+            raise ValueError("a pyramid needs the top-down pathway or the lateral connections")
+        self.levels = [level_of(s) for s in self.in_strides]
+        names = [f"p{k}" for k in self.levels]
+        out_levels = list(names if out_levels is None else out_levels)
+        bad = [n for n in out_levels if n not in names]
+        if bad or not out_levels:
+            raise ValueError(f"out_levels={out_levels}: {bad or 'empty'} not among the levels {names}")
         bias = norm == ""  # a norm layer's shift replaces the conv bias
-        laterals, outputs = [], []
-        for stride, channels in zip(self.in_strides, self.in_channels):
-            k = level_of(stride)
-            lateral = Conv2d(
-                channels, top_down_channels, kernel_size=1, bias=bias,
-                norm=get_norm(norm, top_down_channels),
-            )
-            output = Conv2d(
-                top_down_channels, out_channels, kernel_size=3, padding=1, bias=bias,
-                norm=get_norm(norm, out_channels),
-            )
-            weight_init.c2_xavier_fill(lateral)
-            weight_init.c2_xavier_fill(output)
+        self.lateral_convs: Dict[int, Conv2d] = {}
+        self.output_convs: Dict[int, Conv2d] = {}
+        for k, channels in zip(self.levels, self.in_channels):
             # Detectron2's names, so its FPN checkpoints load as they are.
-            self.add_module(f"fpn_lateral{k}", lateral)
-            self.add_module(f"fpn_output{k}", output)
-            laterals.append(lateral)
-            outputs.append(output)
-        # Plain lists (not ModuleLists): the modules are registered once, under the names above.
-        self.lateral_convs = laterals
-        self.output_convs = outputs
+            if lateral or k == self.levels[-1]:
+                self.lateral_convs[k] = self._conv(f"fpn_lateral{k}", channels, top_down_channels, 1, norm, bias)
+            if f"p{k}" in out_levels:
+                self.output_convs[k] = self._conv(f"fpn_output{k}", top_down_channels, out_channels, 3, norm, bias)
         self.fuse_type = fuse_type
-        self.p6_for_rpn = p6_for_rpn
-        self._out_feature_strides = {f"p{level_of(s)}": s for s in self.in_strides}
-        if p6_for_rpn:
-            self._out_feature_strides[f"p{level_of(self.in_strides[-1]) + 1}"] = 2 * self.in_strides[-1]
+        self.top_down = top_down
+        self.p6_for_rpn = p6_for_rpn and f"p{self.levels[-1]}" in out_levels
+        self._out_feature_strides = {f"p{k}": 2 ** k for k in self.levels if f"p{k}" in out_levels}
+        if self.p6_for_rpn:
+            self._out_feature_strides[f"p{self.levels[-1] + 1}"] = 2 * self.in_strides[-1]
         self._out_features = list(self._out_feature_strides)
         self._out_feature_channels = {k: out_channels for k in self._out_features}
+
+    def _conv(self, name, in_channels, out_channels, kernel, norm, bias) -> Conv2d:
+        conv = Conv2d(in_channels, out_channels, kernel_size=kernel, padding=kernel // 2,
+                      bias=bias, norm=get_norm(norm, out_channels))
+        weight_init.c2_xavier_fill(conv)
+        self.add_module(name, conv)
+        return conv
 
     @classmethod
     def from_config(cls, cfg, bottom_up):
@@ -195,15 +209,46 @@ class PaperFPN(PyramidNeck):
         return lateral + up
 
     def pyramid(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        n = len(self.in_features)
-        merged = self.lateral_convs[-1](features[self.in_features[-1]])  # 1x1 on C5 starts it
-        results = [self.output_convs[-1](merged)]
-        for i in range(n - 2, -1, -1):
-            merged = self.merge(self.lateral_convs[i](features[self.in_features[i]]), merged)
-            results.insert(0, self.output_convs[i](merged))
+        top = self.levels[-1]
+        merged = {top: self.lateral_convs[top](features[self.in_features[-1]])}  # 1x1 on C5
+        for k, name in zip(self.levels[-2::-1], self.in_features[-2::-1]):
+            if not self.top_down:
+                merged[k] = self.lateral_convs[k](features[name])
+            elif k in self.lateral_convs:
+                merged[k] = self.merge(self.lateral_convs[k](features[name]), merged[k + 1])
+            else:
+                merged[k] = F.interpolate(merged[k + 1], scale_factor=2.0, mode="nearest")
+        out = {f"p{k}": conv(merged[k]) for k, conv in self.output_convs.items()}
         if self.p6_for_rpn:
-            results.append(F.max_pool2d(results[-1], kernel_size=1, stride=2))
-        return dict(zip(self._out_features, results))
+            out[f"p{top + 1}"] = F.max_pool2d(out[f"p{top}"], kernel_size=1, stride=2)
+        return out
+
+
+@NECK_REGISTRY.register()
+class BottomUpPyramid(PaperFPN):
+    """Ablation (d): the bottom-up pyramid only, P_k = 3x3(1x1(C_k)), no top-down pathway."""
+
+    @classmethod
+    def from_config(cls, cfg, bottom_up):
+        return {**super().from_config(cfg, bottom_up), "top_down": False}
+
+
+@NECK_REGISTRY.register()
+class TopDownNoLateral(PaperFPN):
+    """Ablation (e): the top-down pathway from C5 without lateral connections."""
+
+    @classmethod
+    def from_config(cls, cfg, bottom_up):
+        return {**super().from_config(cfg, bottom_up), "lateral": False}
+
+
+@NECK_REGISTRY.register()
+class FinestLevelOnly(PaperFPN):
+    """Ablation (f): the full FPN, but only its finest level P2 is output (no P6)."""
+
+    @classmethod
+    def from_config(cls, cfg, bottom_up):
+        return {**super().from_config(cfg, bottom_up), "out_levels": ["p2"], "p6_for_rpn": False}
 
 
 def fpn_widths(cfg):

@@ -84,7 +84,9 @@ def check_roi_config(cfg, input_shape):
         )
     levels = sorted(level_of(input_shape[f].stride) for f in in_features)
     k0 = cfg.MODEL.FPN_PAPER.CANONICAL_LEVEL
-    if isinstance(k0, bool) or not isinstance(k0, int) or not levels[0] <= k0 <= levels[-1]:
+    bad_k0 = isinstance(k0, bool) or not isinstance(k0, int)
+    # With a single pooled level (a single-scale ablation) Eq. 1 has nothing to choose.
+    if bad_k0 or (len(levels) > 1 and not levels[0] <= k0 <= levels[-1]):
         raise ValueError(
             f"MODEL.FPN_PAPER.CANONICAL_LEVEL={k0!r} must be an integer within the pooled levels "
             f"{levels[0]}..{levels[-1]} (MODEL.ROI_HEADS.IN_FEATURES={in_features})"

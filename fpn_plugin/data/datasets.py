@@ -67,12 +67,16 @@ def prepare_datasets(names) -> None:
             ensure_shapes(name, os.path.dirname(os.path.dirname(meta.json_file)))
 
 
-def check_dataset_files(names) -> None:
-    """Raise DatasetFileError naming the file if a COCO-form dataset's json is missing."""
+def check_dataset_files(names, proposal_files=()) -> None:
+    """Raise DatasetFileError naming the file if a COCO-form dataset's json, or one of
+    ``proposal_files`` (DATASETS.PROPOSAL_FILES_*), is missing."""
     for name in names:
         json_file = MetadataCatalog.get(name).get("json_file")
         if json_file and not os.path.isfile(json_file):
             raise DatasetFileError(f"annotation file of dataset '{name}' not found: {json_file}")
+    for path in proposal_files:
+        if not os.path.isfile(path):
+            raise DatasetFileError(f"proposal file not found: {path} (DATASETS.PROPOSAL_FILES_*)")
 
 
 def sanitize_annotations(dataset_dicts: List[Dict]) -> List[Dict]:

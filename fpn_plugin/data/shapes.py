@@ -99,11 +99,25 @@ def _background(rng, h, w) -> Image.Image:
     img = img * rng.uniform(0.4, 0.9) + rng.normal(0, rng.uniform(4, 14), size=(h, w, 3))
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
-    for _ in range(int(rng.integers(4, 20))):
+    for _ in range(int(rng.integers(3, 13))):
         xy = rng.uniform(0, 1, 4) * [w, h, w, h]
         draw.line(list(map(float, xy)), fill=tuple(int(c) for c in rng.integers(0, 256, 3)),
                   width=int(rng.integers(1, 4)))
     return pil
+
+
+def _contrasting_colour(rng, image: Image.Image, pts: np.ndarray):
+    """A random colour at L1 distance >= 120 from the mean background under the shape's box,
+    so every annotated object is visible (small ones stay hard through their size alone)."""
+    x0, y0 = np.floor(pts.min(0)).astype(int)
+    x1, y1 = np.ceil(pts.max(0)).astype(int)
+    mean = np.asarray(image.crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))), np.float32).reshape(-1, 3).mean(0)
+    colour = rng.integers(0, 256, 3)
+    for _ in range(20):
+        if np.abs(colour - mean).sum() >= 120:
+            break
+        colour = rng.integers(0, 256, 3)
+    return tuple(int(c) for c in colour)
 
 
 def _draw_image(spec: ShapesSpec, index: int):
@@ -132,7 +146,7 @@ def _draw_image(spec: ShapesSpec, index: int):
             if np.any(np.asarray(occupied)[np.asarray(mask) > 0]):
                 continue
             occupied.paste(255, mask=mask.filter(ImageFilter.MaxFilter(3)))
-            draw.polygon([tuple(p) for p in pts], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+            draw.polygon([tuple(p) for p in pts], fill=_contrasting_colour(rng, image, pts))
             annos.append({
                 "category_id": cat + 1,
                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],  # XYWH, absolute
