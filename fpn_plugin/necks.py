@@ -224,6 +224,55 @@ class PaperFPN(PyramidNeck):
         return out
 
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this: TorchScript cannot index modules by a variable key, so
+        scripting gets an equivalent module with the convs in ModuleLists (top-down order), as
+        Detectron2 does for its own FPN. Parameter names of the scripted copy differ."""
+        if not (self.top_down and len(self.lateral_convs) == len(self.levels) == len(self.output_convs)):
+            raise NotImplementedError(
+                f"{type(self).__name__} (an ablation neck) cannot be scripted; export it by tracing"
+            )
+        return _ScriptablePaperFPN(self)
+
+
+class _ScriptablePaperFPN(Backbone):
+    """Scripting twin of a full :class:`PaperFPN` (same computation, same output names)."""
+
+    def __init__(self, neck: PaperFPN):
+        super().__init__()
+        self.bottom_up = neck.bottom_up
+        top_down = neck.levels[::-1]
+        self.lateral_convs = torch.nn.ModuleList([neck.lateral_convs[k] for k in top_down])
+        self.output_convs = torch.nn.ModuleList([neck.output_convs[k] for k in top_down])
+        self.in_features_td: List[str] = list(neck.in_features[::-1])
+        self.out_names_td: List[str] = [f"p{k}" for k in top_down]
+        self.avg: bool = neck.fuse_type == "avg"
+        self.p6_name: str = f"p{top_down[0] + 1}" if neck.p6_for_rpn else ""
+        self._out_feature_strides = dict(neck._out_feature_strides)
+        self._out_feature_channels = dict(neck._out_feature_channels)
+        self._out_features = list(neck._out_features)
+        self._size_divisibility: int = neck.size_divisibility
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        features = self.bottom_up(x)
+        out: Dict[str, torch.Tensor] = {}
+        prev = features[self.in_features_td[0]]
+        for i, (lateral, output) in enumerate(zip(self.lateral_convs, self.output_convs)):
+            merged = lateral(features[self.in_features_td[i]])
+            if i > 0:
+                up = F.interpolate(prev, scale_factor=2.0, mode="nearest")
+                merged = (merged + up) * 0.5 if self.avg else merged + up
+            prev = merged
+            out[self.out_names_td[i]] = output(merged)
+        if self.p6_name != "":
+            out[self.p6_name] = F.max_pool2d(out[self.out_names_td[0]], kernel_size=1, stride=2)
+        return out
+
+
 @NECK_REGISTRY.register()
 class BottomUpPyramid(PaperFPN):
     """Ablation (d): the bottom-up pyramid only, P_k = 3x3(1x1(C_k)), no top-down pathway."""

@@ -12,9 +12,6 @@ __all__ = ["LEVEL_ROUNDINGS", "roi_levels", "LevelROIPooler"]
 #: round-to-nearest, which Keras Mask R-CNN's normalised-coordinate formula reduces to.
 LEVEL_ROUNDINGS = ("floor", "round")
 
-# Keeps boxes that sit exactly on a bin edge (112, 224, 448 px for k0 = 4) from falling a level
-# lower through float error in sqrt/log2.
-_EPS = 1e-6
 
 
 def roi_levels(
@@ -37,11 +34,13 @@ def roi_levels(
     Returns:
         (R,) int64 absolute levels in [min_level, max_level].
     """
-    if rounding not in LEVEL_ROUNDINGS:
-        raise ValueError(f"rounding={rounding!r} is not one of {list(LEVEL_ROUNDINGS)}")
+    if rounding != "floor" and rounding != "round":  # spelled out for TorchScript
+        raise ValueError("rounding='" + rounding + "' is not one of ['floor', 'round']")
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
     sizes = torch.sqrt(wh[:, 0] * wh[:, 1])
-    k = canonical_level + torch.log2(sizes / canonical_size) + _EPS
+    # + 1e-6 keeps boxes exactly on a bin edge (112, 224, 448 px for k0 = 4) from falling a
+    # level lower through float error in sqrt/log2.
+    k = canonical_level + torch.log2(sizes / canonical_size) + 1e-6
     if rounding == "round":
         k = k + 0.5
     # Zero-area boxes give -inf: clamping sends them to the finest level.
@@ -76,20 +75,23 @@ class LevelROIPooler(ROIPooler):
 
     def levels(self, box_lists: List[Boxes]) -> torch.Tensor:
         """(R,) absolute pyramid level each RoI is pooled from."""
-        boxes = torch.cat([b.tensor for b in box_lists]) if box_lists else torch.zeros(0, 4)
+        if len(box_lists) == 0:
+            boxes = torch.zeros(0, 4)
+        else:
+            boxes = torch.cat([b.tensor for b in box_lists])
         return roi_levels(
-            boxes, self.canonical_level, self.canonical_box_size,
+            boxes, self.canonical_level, float(self.canonical_box_size),
             self.min_level, self.max_level, self.level_rounding,
         )
 
     def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]) -> torch.Tensor:
         if len(x) != len(self.level_poolers):
-            raise ValueError(f"expected {len(self.level_poolers)} feature maps, got {len(x)}")
+            raise ValueError("expected one feature map per pooled level")
         rois = convert_boxes_to_pooler_format(box_lists)  # (R, 5): batch index, x0, y0, x1, y1
         if len(self.level_poolers) == 1:
             return self.level_poolers[0](x[0], rois)
         level_idx = self.levels(box_lists) - self.min_level
-        out = x[0].new_zeros((rois.shape[0], x[0].shape[1]) + tuple(self.output_size))
+        out = x[0].new_zeros((rois.shape[0], x[0].shape[1], self.output_size[0], self.output_size[1]))
         for i, pooler in enumerate(self.level_poolers):
             inds = torch.nonzero(level_idx == i).squeeze(1)
             out.index_put_((inds,), pooler(x[i], rois[inds]).to(out.dtype))

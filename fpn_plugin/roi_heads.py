@@ -1,6 +1,7 @@
 """ROI heads that pool every RoI from the pyramid level Eq. 1 names, for boxes and masks alike."""
 import logging
 
+import torch
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 
 from .config import check_choice
@@ -26,6 +27,10 @@ class FPNPaperROIHeads(StandardROIHeads):
     classification and box regression, shared across levels) is Detectron2's
     ``FastRCNNConvFCHead`` with NUM_CONV 0, NUM_FC 2, FC_DIM 1024, set in Base-FPN-Paper.yaml.
     """
+
+    # Constants for TorchScript, so scripting compiles away the heads that are off.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @classmethod
     def from_config(cls, cfg, input_shape):

@@ -1,0 +1,118 @@
+"""What the command-line tools share: reading images, building a model with checked weights,
+and writing files so that a failure leaves nothing half-written. Errors are :class:`CliError`
+with one message naming the file or key; the tools print it and exit with status 2."""
+import os
+import tempfile
+from contextlib import contextmanager
+
+import numpy as np
+
+__all__ = ["CliError", "load_config", "read_image", "build_model_with_weights", "atomic_output", "image_files"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class CliError(RuntimeError):
+    """A bad input of a command; its message is meant for the user as it is."""
+
+
+def load_config(config_file, opts=()):
+    """Detectron2 config with the plugin's keys, merged from ``config_file`` and ``opts``."""
+    from detectron2.config import get_cfg
+
+    from .config import add_fpn_paper_config
+
+    if not os.path.isfile(config_file):
+        raise CliError(f"config file not found: {config_file}")
+    cfg = get_cfg()
+    add_fpn_paper_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    import torch
+
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def read_image(path, fmt="BGR") -> np.ndarray:
+    """(H, W, 3) uint8 image in ``fmt``; CliError naming the file if missing or unreadable."""
+    from detectron2.data.detection_utils import read_image as d2_read
+
+    if not os.path.isfile(path):
+        raise CliError(f"image not found: {path}")
+    try:
+        return d2_read(path, format=fmt)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CliError(f"cannot read image {path}: {e}") from e
+
+
+def image_files(inputs):
+    """The image paths named by ``inputs``: files as given, folders expanded (sorted)."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            paths += sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTS))
+        else:
+            paths.append(item)
+    if not paths:
+        raise CliError(f"no images found in {list(inputs)}")
+    return paths
+
+
+def build_model_with_weights(cfg):
+    """The model of ``cfg`` in eval mode, with MODEL.WEIGHTS loaded when set. Weights that do not
+    fit the config (mis-shaped or missing model tensors) are a CliError naming both files."""
+    from detectron2.modeling import build_model
+
+    model = build_model(cfg).eval()
+    weights = cfg.MODEL.WEIGHTS
+    if weights:
+        if "://" not in weights and not os.path.isfile(weights):
+            raise CliError(f"weights not found: {weights} (MODEL.WEIGHTS)")
+        checkpointer = _recording_checkpointer()(model)
+        try:
+            checkpointer.load(weights)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same user error
+            raise CliError(f"cannot read weights {weights}: {type(e).__name__}: {e}") from e
+        incompatible = checkpointer.incompatible
+        problems = [f"{k}: {tuple(a)} in the weights, {tuple(b)} in the model" for k, a, b in incompatible.incorrect_shapes]
+        problems += [f"{k}: missing from the weights" for k in incompatible.missing_keys]
+        if problems:
+            raise CliError(
+                f"weights {weights} do not fit the config ({len(problems)} tensors), e.g. "
+                + "; ".join(problems[:3])
+            )
+    return model
+
+
+def _recording_checkpointer():
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    class Recording(DetectionCheckpointer):
+        """Keeps what did not fit, which DetectionCheckpointer only logs."""
+
+        def _load_model(self, checkpoint):
+            self.incompatible = super()._load_model(checkpoint)
+            return self.incompatible
+
+    return Recording
+
+
+@contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+    A folder that cannot be written is a CliError raised before any work."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+        os.close(fd)
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,84 @@
+"""Export of the plugin's models: TorchScript by scripting and by tracing, and ONNX, each checked
+against eager outputs on the same input."""
+from typing import Dict, Tuple
+
+import torch
+from detectron2.export import TracingAdapter, scripting_with_instances
+from detectron2.structures import Boxes
+
+__all__ = ["EXPORT_FORMATS", "export_scripted", "export_traced", "export_onnx", "eager_outputs"]
+
+EXPORT_FORMATS = ("torchscript", "tracing", "onnx")
+
+# Instances fields the scripted model produces (boxes-only Faster R-CNN).
+_SCRIPT_FIELDS = {
+    "proposal_boxes": Boxes, "objectness_logits": torch.Tensor,
+    "pred_boxes": Boxes, "scores": torch.Tensor, "pred_classes": torch.Tensor,
+}
+
+
+@torch.no_grad()
+def eager_outputs(model, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """(boxes (R, 4), classes (R,), scores (R,)) of the eager model, before resizing to the
+    original image, for a (3, H, W) float image in the model's input format."""
+    inst = model.inference([{"image": image}], do_postprocess=False)[0]
+    return inst.pred_boxes.tensor, inst.pred_classes, inst.scores
+
+
+def _max_diff(a, b) -> float:
+    """Largest difference between two detection sets (boxes, classes, scores), matching each
+    detection to its nearest counterpart: detections of equal score may come in either order."""
+    if any(x.shape != y.shape for x, y in zip(a, b)):
+        return float("inf")
+    if a[0].numel() == 0:
+        return 0.0
+    rows_a = torch.cat([a[0].float(), a[1].float()[:, None], a[2].float()[:, None]], 1)
+    rows_b = torch.cat([b[0].float(), b[1].float()[:, None], b[2].float()[:, None]], 1)
+    dist = (rows_a[:, None, :] - rows_b[None, :, :]).abs().amax(-1)  # (R, R) L-inf distances
+    return float(max(dist.min(1).values.max(), dist.min(0).values.max()))
+
+
+@torch.no_grad()
+def export_scripted(model, image: torch.Tensor, path: str) -> Dict[str, float]:
+    """torch.jit.script through Detectron2's ``scripting_with_instances``; saved to ``path``.
+    Returns {"max_abs_diff": ...} against eager on ``image``."""
+    if model.roi_heads.mask_on or model.roi_heads.keypoint_on:
+        raise NotImplementedError("scripting is supported for box-only models; export masks by tracing")
+    scripted = scripting_with_instances(model, _SCRIPT_FIELDS)
+    scripted.save(path)
+    loaded = torch.jit.load(path)
+    inst = loaded.inference([{"image": image}], do_postprocess=False)[0]
+    got = (inst.pred_boxes.tensor, inst.pred_classes, inst.scores)
+    return {"max_abs_diff": _max_diff(got, eager_outputs(model, image))}
+
+
+def _adapter(model, image):
+    # eval(): exporters restore the adapter's mode on exit, and a new Module starts in training mode
+    return TracingAdapter(model, [{"image": image}]).eval()
+
+
+@torch.no_grad()
+def export_traced(model, image: torch.Tensor, path: str) -> Dict[str, float]:
+    """torch.jit.trace of Detectron2's ``TracingAdapter`` (inputs: one (3, H, W) image;
+    outputs: boxes, classes, scores, image size); saved to ``path``."""
+    adapter = _adapter(model, image)
+    traced = torch.jit.trace(adapter, adapter.flattened_inputs)
+    traced.save(path)
+    got = torch.jit.load(path)(image)[:3]
+    return {"max_abs_diff": _max_diff(got, eager_outputs(model, image))}
+
+
+@torch.no_grad()
+def export_onnx(model, image: torch.Tensor, path: str, opset: int = 16) -> Dict[str, float]:
+    """ONNX (opset 16, TorchScript-based exporter) of the ``TracingAdapter``; checked with
+    onnxruntime when it is installed (else the diff is NaN)."""
+    adapter = _adapter(model, image)
+    torch.onnx.export(adapter, (image,), path, dynamo=False, opset_version=opset, input_names=["image"],
+                      output_names=["boxes", "classes", "scores", "image_size"])
+    try:
+        import onnxruntime
+    except ImportError:
+        return {"max_abs_diff": float("nan")}
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = [torch.as_tensor(x) for x in session.run(None, {"image": image.numpy()})[:3]]
+    return {"max_abs_diff": _max_diff(got, eager_outputs(model, image))}

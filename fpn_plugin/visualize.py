@@ -1,0 +1,95 @@
+"""Pictures of the pyramid: C2..C5 and P2..P6 at their true relative scale, and the detections
+coloured by the level their RoI was pooled from (Eq. 1)."""
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.modeling.postprocessing import detector_postprocess
+from PIL import Image, ImageDraw
+
+from .necks import PyramidNeck
+
+__all__ = ["LEVEL_COLOURS", "pyramid_forward", "render_pyramid", "pyramid_canvas_size"]
+
+#: Colour of each pooled level in the pictures.
+LEVEL_COLOURS = {2: (230, 25, 75), 3: (245, 130, 48), 4: (60, 180, 75), 5: (0, 130, 200), 6: (145, 30, 180)}
+_GAP, _LABEL = 6, 14  # px between panels, px of label text above each panel
+
+
+@torch.no_grad()
+def pyramid_forward(model, image_bgr: np.ndarray, min_size: int = 0, max_size: int = 0):
+    """Run ``model`` (GeneralizedRCNN with a :class:`PyramidNeck` backbone and a level pooler)
+    on one (H, W, 3) uint8 image in the model's input format, resized as at test time
+    (shorter side to ``min_size``, longer at most ``max_size``; 0 keeps the size).
+
+    Returns (bottom-up maps by name, pyramid maps by name, Instances in image pixels,
+    (R,) int64 level each detection's RoI was pooled from). Maps are (1, C, H/s, W/s).
+    """
+    if not isinstance(model.backbone, PyramidNeck):
+        raise TypeError(f"the backbone must be a fpn_plugin PyramidNeck, got {type(model.backbone).__name__}")
+    h, w = image_bgr.shape[:2]
+    if min_size:
+        image_bgr = ResizeShortestEdge(min_size, max_size or 10 ** 9).get_transform(image_bgr).apply_image(image_bgr)
+    images = model.preprocess_image([{"image": torch.as_tensor(image_bgr.transpose(2, 0, 1).copy())}])
+    bottom_up = model.backbone.bottom_up(images.tensor)
+    pyramid = model.backbone.pyramid(bottom_up)
+    proposals, _ = model.proposal_generator(images, pyramid, None)
+    heads = model.roi_heads
+    boxes = [p.proposal_boxes for p in proposals]
+    pooled = heads.box_pooler([pyramid[f] for f in heads.box_in_features], boxes)
+    instances, kept = heads.box_predictor.inference(heads.box_predictor(heads.box_head(pooled)), proposals)
+    levels = heads.box_pooler.levels(boxes)[kept[0]] if hasattr(heads.box_pooler, "levels") else None
+    inst = detector_postprocess(instances[0], h, w)
+    bu = {k: v for k, v in bottom_up.items() if k in model.backbone.in_features}
+    return bu, pyramid, inst, levels
+
+
+def _summary(fmap: torch.Tensor) -> np.ndarray:
+    """(1, C, h, w) -> (h, w, 3) uint8: the L2 norm over channels, min-max scaled, coloured."""
+    import matplotlib
+
+    norm = fmap[0].float().norm(dim=0)
+    norm = (norm - norm.min()) / (norm.max() - norm.min()).clamp(min=1e-12)
+    lut = (matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    return lut[(norm.numpy() * 255).astype(np.uint8)]
+
+
+def pyramid_canvas_size(image_hw: Tuple[int, int], rows: List[List[Tuple[int, int]]], zoom: int) -> Tuple[int, int]:
+    """(width, height) of the picture: the image on top, then one row of panels per list of map
+    sizes (h, w), each panel ``zoom`` px per feature cell so relative scales stay true."""
+    widths = [image_hw[1]] + [sum(w * zoom for _, w in r) + _GAP * (len(r) - 1) for r in rows]
+    heights = [image_hw[0]] + [max(h for h, _ in r) * zoom for r in rows]
+    return max(widths) + 2 * _GAP, sum(heights) + len(heights) * (_LABEL + _GAP) + _GAP
+
+
+def render_pyramid(image_rgb: np.ndarray, bottom_up: Dict[str, torch.Tensor], pyramid: Dict[str, torch.Tensor],
+                   instances=None, levels=None, zoom: int = 2) -> Image.Image:
+    """The picture: the image with detections (box colour = pooled level), then C2..C5, then
+    P2..P6, each map as its channel summary at ``zoom`` px per cell."""
+    rows = [list(bottom_up.items()), list(pyramid.items())]
+    size = pyramid_canvas_size(image_rgb.shape[:2], [[tuple(m.shape[-2:]) for _, m in r] for r in rows], zoom)
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    y = _GAP
+    draw.text((_GAP, y), "detections, by the level their RoI was pooled from:", fill=(0, 0, 0))
+    for i, k in enumerate(k for k in LEVEL_COLOURS if k < 6):
+        draw.text((_GAP + 290 + 28 * i, y), f"P{k}", fill=LEVEL_COLOURS[k])
+    y += _LABEL
+    canvas.paste(Image.fromarray(image_rgb), (_GAP, y))
+    if instances is not None and len(instances):
+        for box, level in zip(instances.pred_boxes.tensor.tolist(), (levels.tolist() if levels is not None else [None] * len(instances))):
+            x0, y0, x1, y1 = box
+            draw.rectangle([x0 + _GAP, y0 + y, x1 + _GAP, y1 + y], outline=LEVEL_COLOURS.get(level, (0, 0, 0)), width=2)
+    y += image_rgb.shape[0] + _GAP
+    for row in rows:
+        x = _GAP
+        y += _LABEL
+        for name, fmap in row:
+            panel = Image.fromarray(_summary(fmap)).resize((fmap.shape[-1] * zoom, fmap.shape[-2] * zoom), Image.NEAREST)
+            label = ("C" + name[3:]) if name.startswith("res") else name.upper()
+            draw.text((x, y - _LABEL + 2), label, fill=(0, 0, 0))
+            canvas.paste(panel, (x, y))
+            x += panel.width + _GAP
+        y += max(m.shape[-2] for _, m in row) * zoom + _GAP
+    return canvas

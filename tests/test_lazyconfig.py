@@ -1,0 +1,43 @@
+"""configs/fpn_paper.py builds the model of configs/fpn_paper.yaml and trains with the LazyConfig loop."""
+import os
+
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import SimpleTrainer
+from detectron2.modeling import build_model
+
+from conftest import CONFIGS
+
+
+def test_lazy_model_equals_yaml_model(make_cfg):
+    lazy = LazyConfig.load(os.path.join(CONFIGS, "fpn_paper.py"))
+    lazy.train.device = "cpu"
+    a = instantiate(lazy.model)
+    b = build_model(make_cfg("fpn_paper.yaml", small=False))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert {k: v.shape for k, v in sa.items()} == {k: v.shape for k, v in sb.items()}
+    assert type(a.roi_heads) is type(b.roi_heads)
+    pa, pb = a.roi_heads.box_pooler, b.roi_heads.box_pooler
+    assert (pa.canonical_level, pa.canonical_box_size, pa.level_rounding) == (pb.canonical_level, pb.canonical_box_size, pb.level_rounding)
+    assert a.proposal_generator.post_nms_topk == b.proposal_generator.post_nms_topk
+    assert a.pixel_std.tolist() == b.pixel_std.tolist()
+
+
+def test_lazy_config_trains_two_iterations(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    lazy = LazyConfig.load(os.path.join(CONFIGS, "fpn_paper.py"))
+    lazy.dataloader.train.dataset.dataset_dicts.names = "fpn_shapes_tiny_train"
+    lazy.dataloader.train.total_batch_size = 2
+    lazy.dataloader.train.num_workers = 0
+    lazy.dataloader.train.mapper.augmentations = []
+    lazy.model.proposal_generator.post_nms_topk = (64, 64)
+    lazy.model.roi_heads.batch_size_per_image = 32
+    model = instantiate(lazy.model)
+    lazy.optimizer.params.model = model
+    optimizer = instantiate(lazy.optimizer)
+    trainer = SimpleTrainer(model, instantiate(lazy.dataloader.train), optimizer)
+    before = model.backbone.fpn_output2.weight.detach().clone()
+    trainer.train(0, 2)
+    assert trainer.iter == 2  # both iterations ran
+    assert not torch.equal(before, model.backbone.fpn_output2.weight)
