@@ -75,15 +75,15 @@ dataloader.test.mapper._target_ = CheckedDatasetMapper
 dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=288, max_size=400)]
 dataloader.test.num_workers = 1
 
-# --- schedule: 400 iterations, lr 0.01 dropped x10 at 320, 100 warm-up iterations -----------
+# --- schedule: 600 iterations, lr 0.01 dropped x10 at 480, 100 warm-up iterations -----------
 optimizer.lr = 0.01
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[320, 400]),
-    warmup_length=100 / 400,
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[480, 600]),
+    warmup_length=100 / 600,
     warmup_factor=0.001,
 )
-train.max_iter = 400
+train.max_iter = 600
 train.output_dir = "./output/fpn_paper_lazy"
 train.checkpointer.period = 100
-train.eval_period = 400
+train.eval_period = 600
 train.device = "cuda" if torch.cuda.is_available() else "cpu"
