@@ -29,6 +29,12 @@ def add_fpn_paper_config(cfg):
     _C.CANONICAL_SIZE = 224
     # Rounding of Eq. 1: "floor" (the paper) or "round" (round to nearest, as Keras Mask R-CNN).
     _C.LEVEL_ROUNDING = "floor"
+    # Fast path (off by default; not in the paper): speed switches that keep the answers.
+    _C.FAST = CN()
+    # Run bottom-up and neck in channels-last memory format (faster convs on tensor cores).
+    _C.FAST.CHANNELS_LAST = False
+    # Autocast bottom-up and neck to "bf16" or "fp16" ("" = fp32); pyramid maps leave as fp32.
+    _C.FAST.AUTOCAST = ""
     return cfg
 
 

@@ -34,6 +34,8 @@ Registry for necks: Backbones built as ``neck(cfg, bottom_up)`` on top of a bott
 
 #: Values of MODEL.FPN.NORM the necks accept ("" is no normalisation, the paper's setting).
 NORMS = ("", "BN", "GN", "SyncBN")
+#: Values of MODEL.FPN_PAPER.FAST.AUTOCAST and the dtypes they mean.
+AUTOCAST_DTYPES = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Values of MODEL.FPN.FUSE_TYPE: "sum" is the paper's element-wise addition, "avg" its mean.
 FUSE_TYPES = ("sum", "avg")
 
@@ -79,6 +81,19 @@ class PyramidNeck(Backbone):
         self.in_strides = strides
         self.in_channels = [shapes[f].channels for f in in_features]
         self._size_divisibility = strides[-1]
+        self.channels_last = False
+        self.autocast_dtype: Optional[torch.dtype] = None
+
+    def set_fast_path(self, channels_last: bool = False, autocast: str = "") -> "PyramidNeck":
+        """Switch the fast path: channels-last memory format and/or autocast ("bf16", "fp16")
+        over bottom-up and neck. The pyramid maps are returned in fp32 either way, so the heads
+        and every caller see the same types as on the default path."""
+        check_choice(autocast, AUTOCAST_DTYPES, "autocast")
+        self.channels_last = channels_last
+        self.autocast_dtype = AUTOCAST_DTYPES[autocast]
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        return self
 
     @property
     def size_divisibility(self) -> int:
@@ -93,7 +108,13 @@ class PyramidNeck(Backbone):
         Returns:
             dict of pyramid maps by name, e.g. ``p2`` (N, C, H/4, W/4) ... ``p6`` (N, C, H/64, W/64).
         """
-        return self.pyramid(self.bottom_up(x))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.autocast_dtype is None:
+            return self.pyramid(self.bottom_up(x))
+        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+            out = self.pyramid(self.bottom_up(x))
+        return {k: v.float() for k, v in out.items()}
 
     def pyramid(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The neck alone: bottom-up maps by name in, pyramid maps by name out."""
@@ -318,5 +339,8 @@ def build_neck(cfg, bottom_up: Backbone) -> PyramidNeck:
     name = cfg.MODEL.FPN_PAPER.NECK
     check_choice(name, sorted(NECK_REGISTRY._obj_map), "MODEL.FPN_PAPER.NECK")
     neck = NECK_REGISTRY.get(name)(cfg, bottom_up)
+    fast = cfg.MODEL.FPN_PAPER.FAST
+    check_choice(fast.AUTOCAST, list(AUTOCAST_DTYPES), "MODEL.FPN_PAPER.FAST.AUTOCAST")
+    neck.set_fast_path(channels_last=bool(fast.CHANNELS_LAST), autocast=fast.AUTOCAST)
     logger.info("Neck %s: outputs (channels, stride) %s", name, {k: (v.channels, v.stride) for k, v in neck.output_shape().items()})
     return neck
