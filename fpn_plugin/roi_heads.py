@@ -39,23 +39,23 @@ class FPNPaperROIHeads(StandardROIHeads):
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        ret["box_pooler"] = level_pooler(cfg, input_shape, "ROI_BOX_HEAD")
-        return ret
+        return _swap_pooler(super()._init_box_head(cfg, input_shape), "box_pooler", cfg, input_shape, "ROI_BOX_HEAD")
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
-        ret = super()._init_mask_head(cfg, input_shape)
-        if ret.get("mask_pooler") is not None:
-            ret["mask_pooler"] = level_pooler(cfg, input_shape, "ROI_MASK_HEAD")
-        return ret
+        return _swap_pooler(super()._init_mask_head(cfg, input_shape), "mask_pooler", cfg, input_shape, "ROI_MASK_HEAD")
 
     @classmethod
     def _init_keypoint_head(cls, cfg, input_shape):
         ret = super()._init_keypoint_head(cfg, input_shape)
-        if ret.get("keypoint_pooler") is not None:
-            ret["keypoint_pooler"] = level_pooler(cfg, input_shape, "ROI_KEYPOINT_HEAD")
-        return ret
+        return _swap_pooler(ret, "keypoint_pooler", cfg, input_shape, "ROI_KEYPOINT_HEAD")
+
+
+def _swap_pooler(ret, key, cfg, input_shape, head):
+    """Replace the ROIPooler Detectron2 built under ``key`` (if any) with the Eq. 1 pooler."""
+    if ret.get(key) is not None:
+        ret[key] = level_pooler(cfg, input_shape, head)
+    return ret
 
 
 def level_pooler(cfg, input_shape, head: str) -> LevelROIPooler:

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""The plugin against stock Detectron2, in one process, same weights, same inputs.
+
+Models: Detectron2's faster_rcnn_R_50_FPN_1x ("stock"); the same config with the plugin's backbone
+and ROI heads ("plugin", stock weights loaded into it); and the plugin with its fast path
+(channels-last + bf16 autocast, "fast"). Points: (i) the neck alone on cached C2..C5, (ii)
+inference at batch 1 and batch 8, (iii) one training iteration at batch 4 (time and peak memory).
+Prints medians and ratios to stock; writes JSON with --json.
+
+    python benchmarks/benchmark.py                       # CPU, small images
+    python benchmarks/benchmark.py --device cuda         # 800x1216, TF32 on for stock and plugin
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def configs(device):
+    from detectron2.config import get_cfg
+    from detectron2.model_zoo import get_config_file
+
+    import fpn_plugin
+
+    stock = get_cfg()
+    stock.merge_from_file(get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    stock.MODEL.DEVICE = device
+    plugin = stock.clone()
+    fpn_plugin.add_fpn_paper_config(plugin)
+    plugin.MODEL.BACKBONE.NAME = "build_resnet_fpn_paper_backbone"
+    plugin.MODEL.ROI_HEADS.NAME = "FPNPaperROIHeads"
+    fast = plugin.clone()
+    fast.MODEL.FPN_PAPER.FAST.CHANNELS_LAST = True
+    fast.MODEL.FPN_PAPER.FAST.AUTOCAST = "bf16"
+    return {"stock": stock, "plugin": plugin, "fast": fast}
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
+
+
+def peak_memory_mb(fn, device):
+    """Peak memory of one call: CUDA allocator peak, or the process's peak RSS growth on CPU."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM, the peak resident set size
+        base = _status_kb("VmRSS")
+        fn()
+        return (_status_kb("VmHWM") - base) / 1024
+    except OSError:
+        return float("nan")
+
+
+def _status_kb(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+class CachedBottomUp(torch.nn.Module):
+    """Stands in for a bottom-up network: returns fixed C2..C5, so the neck runs alone."""
+
+    def __init__(self, real, features):
+        super().__init__()
+        self.real, self.features = real, features
+
+    def forward(self, x):
+        return self.features
+
+    def output_shape(self):
+        return self.real.output_shape()
+
+
+def neck_alone(neck, features):
+    """The plugin's neck on fixed C2..C5, with its fast path (layout, autocast) when switched on."""
+    if neck.channels_last:
+        features = {k: v.contiguous(memory_format=torch.channels_last) for k, v in features.items()}
+    if neck.autocast_dtype is None:
+        return lambda: neck.pyramid(features)
+
+    def run():
+        with torch.autocast(device_type=next(iter(features.values())).device.type, dtype=neck.autocast_dtype):
+            return neck.pyramid(features)
+
+    return run
+
+
+def batch(n, h, w, device, train):
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(n)
+    out = []
+    for _ in range(n):
+        d = {"image": torch.randint(0, 256, (3, h, w), generator=g).float().to(device), "height": h, "width": w}
+        if train:
+            inst = Instances((h, w))
+            xy = torch.rand(8, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+            wh = torch.rand(8, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4]) + 8
+            inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], 1).to(device))
+            inst.gt_classes = torch.randint(0, 80, (8,), generator=g).to(device)
+            d["instances"] = inst
+        out.append(d)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--size", nargs=2, type=int, help="H W (default 800 1216 on CUDA, 320 480 on CPU)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per point (default 20 CUDA, 5 CPU)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    device = args.device
+    h, w = args.size or ((800, 1216) if device == "cuda" else (320, 480))
+    repeats = args.repeats or (20 if device == "cuda" else 5)
+    warmup = 5 if device == "cuda" else 1
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    cfgs = configs(device)
+    stock = build_model(cfgs["stock"])
+    weights = copy.deepcopy(stock.state_dict())
+    models = {"stock": stock}
+    for name in ("plugin", "fast"):
+        models[name] = build_model(cfgs[name])
+        models[name].load_state_dict(weights)  # the same weights in all three
+
+    results = {name: {} for name in models}
+    one, eight, four = batch(1, h, w, device, False), batch(8, h, w, device, False), batch(4, h, w, device, True)
+    for name, model in models.items():
+        model.eval()
+        with torch.no_grad():
+            x = model.preprocess_image(one).tensor
+            feats = model.backbone.bottom_up(x)
+            if name == "stock":
+                neck = copy.copy(model.backbone)
+                neck._modules = dict(model.backbone._modules, bottom_up=CachedBottomUp(model.backbone.bottom_up, feats))
+                run_neck = lambda: neck(x)  # noqa: E731
+            else:
+                run_neck = neck_alone(model.backbone, feats)
+            r = results[name]
+            r["neck_ms"] = timed(run_neck, device, repeats, warmup)
+            r["infer_b1_ms_per_image"] = timed(lambda: model(one), device, repeats, warmup)
+            r["infer_b8_ms_per_image"] = timed(lambda: model(eight), device, max(2, repeats // 4), warmup) / 8
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+
+        def step():
+            with EventStorage():
+                loss = sum(model(four).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        r["train_b4_ms"] = timed(step, device, max(2, repeats // 4), warmup)
+        r["train_b4_peak_mb"] = peak_memory_mb(step, device)
+        model.load_state_dict(weights)
+
+    points = list(results["stock"])
+    env = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "size": [h, w], "repeats": repeats}
+    print(f"{env}\n")
+    print("| point | stock | plugin | plugin/stock | fast | fast/stock |\n|---|---|---|---|---|---|")
+    for p in points:
+        s, pl, fa = (results[n][p] for n in ("stock", "plugin", "fast"))
+        print(f"| {p} | {s:.1f} | {pl:.1f} | {pl / s:.3f} | {fa:.1f} | {fa / s:.3f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
