@@ -49,17 +49,44 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
+def point_functions(name, model, one, eight, four):
+    """The measured calls for one model: the neck alone, inference at batch 1 and 8, one
+    training iteration at batch 4 (forward, backward, SGD step)."""
+    from detectron2.utils.events import EventStorage
+
+    with torch.no_grad():
+        model.eval()
+        x = model.preprocess_image(one).tensor
+        feats = model.backbone.bottom_up(x)
+    if name == "stock":
+        neck = copy.copy(model.backbone)
+        neck._modules = dict(model.backbone._modules, bottom_up=CachedBottomUp(model.backbone.bottom_up, feats))
+        run_neck = lambda: neck(x)  # noqa: E731
+    else:
+        run_neck = neck_alone(model.backbone, feats)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+
+    def inference(inputs):
+        def run():
+            model.eval()
+            with torch.no_grad():
+                model(inputs)
+        return run
+
+    def neck_only():
+        with torch.no_grad():
+            run_neck()
+
+    def step():
+        model.train()
+        with EventStorage():
+            loss = sum(model(four).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return {"neck_ms": neck_only, "infer_b1_ms_per_image": inference(one),
+            "infer_b8_ms_per_image": inference(eight), "train_b4_ms": step}
 
 
 def peak_memory_mb(fn, device):
@@ -139,7 +166,6 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     from detectron2.modeling import build_model
-    from detectron2.utils.events import EventStorage
 
     device = args.device
     h, w = args.size or ((800, 1216) if device == "cuda" else (320, 480))
@@ -157,35 +183,28 @@ def main(argv=None):
         models[name] = build_model(cfgs[name])
         models[name].load_state_dict(weights)  # the same weights in all three
 
-    results = {name: {} for name in models}
     one, eight, four = batch(1, h, w, device, False), batch(8, h, w, device, False), batch(4, h, w, device, True)
+    fns = {name: point_functions(name, model, one, eight, four) for name, model in models.items()}
+    results = {name: {} for name in models}
+    for point in fns["stock"]:
+        # Round-robin over the models, repeat by repeat, so that neither runs on a colder cache
+        # or a busier machine than the other; medians per model.
+        n = repeats if point in ("neck_ms", "infer_b1_ms_per_image") else max(3, repeats // 2)
+        samples = {name: [] for name in models}
+        for name in models:
+            for _ in range(warmup):
+                fns[name][point]()
+        for _ in range(n):
+            for name in models:
+                sync(device)
+                start = time.perf_counter()
+                fns[name][point]()
+                sync(device)
+                samples[name].append((time.perf_counter() - start) * 1000.0)
+        for name in models:
+            results[name][point] = statistics.median(samples[name]) / (8 if point == "infer_b8_ms_per_image" else 1)
     for name, model in models.items():
-        model.eval()
-        with torch.no_grad():
-            x = model.preprocess_image(one).tensor
-            feats = model.backbone.bottom_up(x)
-            if name == "stock":
-                neck = copy.copy(model.backbone)
-                neck._modules = dict(model.backbone._modules, bottom_up=CachedBottomUp(model.backbone.bottom_up, feats))
-                run_neck = lambda: neck(x)  # noqa: E731
-            else:
-                run_neck = neck_alone(model.backbone, feats)
-            r = results[name]
-            r["neck_ms"] = timed(run_neck, device, repeats, warmup)
-            r["infer_b1_ms_per_image"] = timed(lambda: model(one), device, repeats, warmup)
-            r["infer_b8_ms_per_image"] = timed(lambda: model(eight), device, max(2, repeats // 4), warmup) / 8
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
-
-        def step():
-            with EventStorage():
-                loss = sum(model(four).values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        r["train_b4_ms"] = timed(step, device, max(2, repeats // 4), warmup)
-        r["train_b4_peak_mb"] = peak_memory_mb(step, device)
+        results[name]["train_b4_peak_mb"] = peak_memory_mb(fns[name]["train_b4_ms"], device)
         model.load_state_dict(weights)
 
     points = list(results["stock"])
