@@ -6,6 +6,7 @@ import tempfile
 from contextlib import contextmanager
 
 import numpy as np
+from detectron2.checkpoint import DetectionCheckpointer
 
 __all__ = ["CliError", "load_config", "read_image", "build_model_with_weights", "atomic_output", "image_files"]
 
@@ -70,7 +71,7 @@ def build_model_with_weights(cfg):
     if weights:
         if "://" not in weights and not os.path.isfile(weights):
             raise CliError(f"weights not found: {weights} (MODEL.WEIGHTS)")
-        checkpointer = _recording_checkpointer()(model)
+        checkpointer = _RecordingCheckpointer(model)
         try:
             checkpointer.load(weights)
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same user error
@@ -86,17 +87,12 @@ def build_model_with_weights(cfg):
     return model
 
 
-def _recording_checkpointer():
-    from detectron2.checkpoint import DetectionCheckpointer
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """Keeps what did not fit (``self.incompatible``), which DetectionCheckpointer only logs."""
 
-    class Recording(DetectionCheckpointer):
-        """Keeps what did not fit, which DetectionCheckpointer only logs."""
-
-        def _load_model(self, checkpoint):
-            self.incompatible = super()._load_model(checkpoint)
-            return self.incompatible
-
-    return Recording
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
 
 
 @contextmanager
