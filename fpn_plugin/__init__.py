@@ -8,7 +8,7 @@ from .necks import NECK_REGISTRY, PaperFPN, PyramidNeck, build_neck
 from .backbone import build_resnet_fpn_paper_backbone
 from .poolers import LevelROIPooler, roi_levels
 from .roi_heads import FPNPaperROIHeads
-from . import data  # registers the embedded datasets
+from . import data  # noqa: F401  (registers the embedded datasets)
 
 __all__ = [
     "add_fpn_paper_config",

@@ -1,5 +1,4 @@
 """The paper's RoI-to-level rule (Eq. 1) and a multi-level RoI pooler that uses it."""
-import math
 from typing import List
 
 import torch

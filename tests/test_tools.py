@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import build_model
 from PIL import Image

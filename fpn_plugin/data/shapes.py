@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
