@@ -244,7 +244,6 @@ class PaperFPN(PyramidNeck):
             out[f"p{top + 1}"] = F.max_pool2d(out[f"p{top}"], kernel_size=1, stride=2)
         return out
 
-
     def __prepare_scriptable__(self):
         """torch.jit.script calls this: TorchScript cannot index modules by a variable key, so
         scripting gets an equivalent module with the convs in ModuleLists (top-down order), as

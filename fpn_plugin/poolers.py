@@ -12,7 +12,6 @@ __all__ = ["LEVEL_ROUNDINGS", "roi_levels", "LevelROIPooler"]
 LEVEL_ROUNDINGS = ("floor", "round")
 
 
-
 def roi_levels(
     boxes: torch.Tensor,
     canonical_level: int = 4,

@@ -47,8 +47,9 @@ class FPNPaperROIHeads(StandardROIHeads):
 
     @classmethod
     def _init_keypoint_head(cls, cfg, input_shape):
-        ret = super()._init_keypoint_head(cfg, input_shape)
-        return _swap_pooler(ret, "keypoint_pooler", cfg, input_shape, "ROI_KEYPOINT_HEAD")
+        return _swap_pooler(
+            super()._init_keypoint_head(cfg, input_shape), "keypoint_pooler", cfg, input_shape, "ROI_KEYPOINT_HEAD"
+        )
 
 
 def _swap_pooler(ret, key, cfg, input_shape, head):

@@ -98,7 +98,6 @@ def test_interrupted_generation_is_never_trusted(tmp_path, monkeypatch):
     assert coco == read(generate_shapes(SMALL, str(tmp_path / "clean")))
 
 
-
 def test_missing_and_corrupt_annotation_file(tmp_path):
     missing = str(tmp_path / "nope.json")
     with pytest.raises(DatasetFileError, match="nope.json"):
