@@ -8,7 +8,8 @@ import argparse
 import os
 import sys
 
-from fpn_plugin.cli import CliError, atomic_output, build_model_with_weights, image_files, load_config, read_image
+from fpn_plugin.checked_io import CliError, atomic_output, build_model_with_weights, image_files, read_image
+from fpn_plugin.config import load_config
 
 
 def main(argv=None):
@@ -43,7 +44,7 @@ def main(argv=None):
             names.add(name)
             with atomic_output(os.path.join(args.output, name + ".png")) as tmp:
                 drawn.save(tmp)
-    except CliError as e:
+    except (CliError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(paths)} images to {args.output}")

@@ -4,9 +4,12 @@ Detectron2's own keys keep their meaning (``MODEL.FPN.IN_FEATURES``, ``MODEL.FPN
 ``MODEL.FPN.FUSE_TYPE``, ``MODEL.FPN.OUT_CHANNELS``, the RPN, anchor and ROI-head keys); the keys
 here hold only what Detectron2 has no key for.
 """
-from detectron2.config import CfgNode as CN
+import os
 
-__all__ = ["add_fpn_paper_config", "check_choice", "check_width"]
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_fpn_paper_config", "load_config", "check_choice", "check_width"]
 
 
 def add_fpn_paper_config(cfg):
@@ -35,6 +38,28 @@ def add_fpn_paper_config(cfg):
     _C.FAST.CHANNELS_LAST = False
     # Autocast bottom-up and neck to "bf16" or "fp16" ("" = fp32); pyramid maps leave as fp32.
     _C.FAST.AUTOCAST = ""
+    return cfg
+
+
+def load_config(config_file=None, opts=()):
+    """The one config loader of every entry point: Detectron2's defaults plus ``MODEL.FPN_PAPER``,
+    merged from ``config_file`` (if given) and then from ``opts`` ("KEY", value, ...). A config
+    asking for CUDA on a machine without it runs on the CPU.
+
+    Raises FileNotFoundError naming ``config_file`` if it does not exist, and Detectron2's
+    KeyError naming the key for an unknown key.
+    """
+    import torch
+
+    cfg = get_cfg()
+    add_fpn_paper_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"  # the same job runs on a machine without a GPU
     return cfg
 
 

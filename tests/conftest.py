@@ -12,6 +12,16 @@ CONFIGS = os.path.join(ROOT, "configs")
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation at import
 
 
+@pytest.fixture(scope="session", autouse=True)
+def datasets_root(tmp_path_factory):
+    """Every dataset the suite loads is generated under a temporary folder, never ./datasets."""
+    root = tmp_path_factory.mktemp("datasets")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DETECTRON2_DATASETS", str(root))
+    yield root
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def seed_everything():
     random.seed(0)

@@ -9,9 +9,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fpn_plugin.cli import CliError, atomic_output, load_config  # noqa: E402
+from fpn_plugin.checked_io import CliError, atomic_output
+from fpn_plugin.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPONENTS = ("backbone.bottom_up", "neck", "proposal_generator", "roi_heads")
@@ -80,7 +79,7 @@ def main(argv=None):
         if args.json:
             with atomic_output(args.json) as tmp, open(tmp, "w") as f:
                 json.dump({k: {c: {"params": p, "gflops": g} for c, (p, g) in v.items()} for k, v in results.items()}, f, indent=2)
-    except CliError as e:
+    except (CliError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cols = list(COMPONENTS) + ["total"]

@@ -9,9 +9,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fpn_plugin.cli import CliError, atomic_output, build_model_with_weights, load_config, read_image  # noqa: E402
+from fpn_plugin.checked_io import CliError, atomic_output, build_model_with_weights, read_image
+from fpn_plugin.config import load_config
 
 FILES = {"torchscript": "model_scripted.ts", "tracing": "model_traced.ts", "onnx": "model.onnx"}
 
@@ -47,7 +46,7 @@ def main(argv=None):
                 except NotImplementedError as e:
                     raise CliError(f"{fmt}: {e}") from e
             rows.append((fmt, path, result["max_abs_diff"]))
-    except CliError as e:
+    except (CliError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("| format | file | max abs diff vs eager |\n|---|---|---|")

@@ -6,12 +6,10 @@ config's k0, canonical size and rounding (boxes measured at the model's test-tim
         --output levels.png
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fpn_plugin.cli import CliError, atomic_output, load_config  # noqa: E402
+from fpn_plugin.checked_io import CliError, atomic_output
+from fpn_plugin.config import load_config
 
 
 def main(argv=None):
@@ -43,7 +41,7 @@ def main(argv=None):
         counts = level_counts(sizes, **rule)
         with atomic_output(args.output) as tmp:
             plot_level_histogram(sizes, tmp, **rule, title=f"{args.dataset}: {len(sizes)} boxes on the pyramid")
-    except CliError as e:
+    except (CliError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_level_table(counts, f"{args.dataset}: {len(sizes)} ground-truth boxes, Eq. 1 with "

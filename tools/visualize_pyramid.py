@@ -6,12 +6,10 @@ L2-norm per cell), and the detections coloured by the level their RoI was pooled
         --output pyramid.png [--zoom 2] [MODEL.WEIGHTS output/fpn_paper/model_final.pth]
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fpn_plugin.cli import CliError, atomic_output, build_model_with_weights, load_config, read_image  # noqa: E402
+from fpn_plugin.checked_io import CliError, atomic_output, build_model_with_weights, read_image
+from fpn_plugin.config import load_config
 
 
 def main(argv=None):
@@ -32,7 +30,7 @@ def main(argv=None):
             bottom_up, pyramid, instances, levels = pyramid_forward(model, image, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
             rgb = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
             render_pyramid(rgb.copy(), bottom_up, pyramid, instances, levels, zoom=args.zoom).save(tmp, format="PNG")
-    except CliError as e:
+    except (CliError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}: {len(instances)} detections")

@@ -1,9 +1,8 @@
 """Data: the embedded synthetic shapes dataset and the checks applied to training sets."""
 from .datasets import (
     DatasetFileError,
-    check_dataset_files,
+    check_proposal_files,
     check_has_masks,
-    prepare_datasets,
     register_shapes,
     sanitize_annotations,
 )
@@ -18,9 +17,8 @@ __all__ = [
     "ShapesSpec",
     "generate_shapes",
     "register_shapes",
-    "prepare_datasets",
     "sanitize_annotations",
-    "check_dataset_files",
+    "check_proposal_files",
     "check_has_masks",
     "DatasetFileError",
 ]

@@ -5,16 +5,15 @@ import os
 from typing import Dict, List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json, register_coco_instances
+from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
 from .shapes import CATEGORIES, SPLITS, ensure_shapes
 
 __all__ = [
     "register_shapes",
-    "prepare_datasets",
     "sanitize_annotations",
-    "check_dataset_files",
+    "check_proposal_files",
     "check_has_masks",
     "DatasetFileError",
 ]
@@ -43,37 +42,35 @@ def load_json_checked(json_file: str, image_root: str, name: str) -> List[Dict]:
         ) from e
 
 
-def register_shapes(name: str, root: str = None):
-    """Register split ``name`` of :data:`SPLITS` (COCO json form, generated on first use)."""
-    root = _default_root() if root is None else root
-    out_dir = os.path.join(root, name)
-    json_file, image_root = os.path.join(out_dir, "annotations.json"), os.path.join(out_dir, "images")
+def register_shapes(name: str):
+    """Register split ``name`` of :data:`SPLITS` in COCO json form. The dataset root
+    (``$DETECTRON2_DATASETS``, default ``./datasets``) is read when the dataset is loaded, not
+    here, and the split is generated there on first use."""
 
     def load():
-        ensure_shapes(name, root)
+        root = _default_root()
+        json_file = ensure_shapes(name, root)
+        image_root = os.path.join(root, name, "images")
+        meta = MetadataCatalog.get(name)
+        if meta.get("json_file") != json_file:
+            # First load, or the root moved since: the metadata COCOEvaluator reads follows it.
+            MetadataCatalog.remove(name)
+            _set_metadata(name, json_file, image_root)
         return load_json_checked(json_file, image_root, name)
 
     DatasetCatalog.register(name, load)
-    # register_coco_instances keeps the loader above (it registers one only for a new name)
-    # and sets the metadata COCOEvaluator reads: json_file, image_root, evaluator_type.
-    register_coco_instances(name, {"thing_classes": list(CATEGORIES)}, json_file, image_root)
+    _set_metadata(name, None, None)
 
 
-def prepare_datasets(names) -> None:
-    """Generate the embedded splits among ``names`` that are not on disk yet (others untouched)."""
-    for name in names:
-        if name in SPLITS and name in DatasetCatalog:
-            meta = MetadataCatalog.get(name)
-            ensure_shapes(name, os.path.dirname(os.path.dirname(meta.json_file)))
+def _set_metadata(name, json_file, image_root):
+    meta = MetadataCatalog.get(name).set(thing_classes=list(CATEGORIES), evaluator_type="coco")
+    if json_file:
+        meta.set(json_file=json_file, image_root=image_root)
 
 
-def check_dataset_files(names, proposal_files=()) -> None:
-    """Raise DatasetFileError naming the file if a COCO-form dataset's json, or one of
-    ``proposal_files`` (DATASETS.PROPOSAL_FILES_*), is missing."""
-    for name in names:
-        json_file = MetadataCatalog.get(name).get("json_file")
-        if json_file and not os.path.isfile(json_file):
-            raise DatasetFileError(f"annotation file of dataset '{name}' not found: {json_file}")
+def check_proposal_files(proposal_files) -> None:
+    """Raise DatasetFileError naming the first of ``proposal_files`` (DATASETS.PROPOSAL_FILES_*)
+    that does not exist."""
     for path in proposal_files:
         if not os.path.isfile(path):
             raise DatasetFileError(f"proposal file not found: {path} (DATASETS.PROPOSAL_FILES_*)")

@@ -1,6 +1,7 @@
-"""What the command-line tools share: reading images, building a model with checked weights,
-and writing files so that a failure leaves nothing half-written. Errors are :class:`CliError`
-with one message naming the file or key; the tools print it and exit with status 2."""
+"""Checked inputs and atomic outputs for the command-line tools: reading images, building a model
+with weights that must fit it, and writing files so that a failure leaves nothing half-written.
+Errors are :class:`CliError` with one message naming the file or key; the tools print it and
+exit with status 2."""
 import os
 import tempfile
 from contextlib import contextmanager
@@ -8,32 +9,13 @@ from contextlib import contextmanager
 import numpy as np
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["CliError", "load_config", "read_image", "build_model_with_weights", "atomic_output", "image_files"]
+__all__ = ["CliError", "read_image", "build_model_with_weights", "atomic_output", "image_files"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class CliError(RuntimeError):
     """A bad input of a command; its message is meant for the user as it is."""
-
-
-def load_config(config_file, opts=()):
-    """Detectron2 config with the plugin's keys, merged from ``config_file`` and ``opts``."""
-    from detectron2.config import get_cfg
-
-    from .config import add_fpn_paper_config
-
-    if not os.path.isfile(config_file):
-        raise CliError(f"config file not found: {config_file}")
-    cfg = get_cfg()
-    add_fpn_paper_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    import torch
-
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    return cfg
 
 
 def read_image(path, fmt="BGR") -> np.ndarray:

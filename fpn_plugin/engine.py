@@ -1,0 +1,91 @@
+"""The trainer of the plugin's jobs: Detectron2's DefaultTrainer with COCOEvaluator, the checked
+data path, ``eval_results.json`` written by :meth:`Trainer.test`, and DDP on CPU (gloo).
+"""
+import json
+import logging
+import os
+import weakref
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+
+from .data import check_has_masks, check_proposal_files, sanitize_annotations
+from .data.mapper import CheckedDatasetMapper
+
+__all__ = ["Trainer", "EVAL_RESULTS"]
+
+logger = logging.getLogger(__name__)
+
+#: File in OUTPUT_DIR holding the last evaluation's results (task -> metric -> value).
+EVAL_RESULTS = "eval_results.json"
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer for the plugin's configs, on GPUs or CPUs, one process or many.
+
+    Everything is built by DefaultTrainer's public ``build_*`` methods in DefaultTrainer's order.
+    The one difference is the DDP wrapper: Detectron2 pins it to the local GPU
+    (``device_ids=[local_rank]``), which DDP refuses for a CPU model, so on ``MODEL.DEVICE: cpu``
+    the same ``create_ddp_model`` gets ``device_ids=None`` and gradients are averaged over gloo.
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        device_ids = None if cfg.MODEL.DEVICE == "cpu" else [comm.get_local_rank()]
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+        loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = loop(model, data_loader, optimizer)  # the attribute DefaultTrainer steps
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's train loader over the sanitized dataset (degenerate boxes dropped), with
+        a mapper that names an unreadable image; MASK_ON on a dataset without masks stops here."""
+        check_proposal_files(cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else ())
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        if cfg.MODEL.MASK_ON:
+            check_has_masks(dicts, cfg.DATASETS.TRAIN)
+        mapper = CheckedDatasetMapper(cfg, is_train=True)
+        return build_detection_train_loader(cfg, dataset=sanitize_annotations(dicts), mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        check_proposal_files(cfg.DATASETS.PROPOSAL_FILES_TEST if cfg.MODEL.LOAD_PROPOSALS else ())
+        return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test, then the results written to OUTPUT_DIR/eval_results.json (atomically,
+        by the main process) so scripts can read them without parsing the log."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and results:
+            path = os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS)
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(results, f, indent=2)
+            os.replace(path + ".tmp", path)
+            logger.info("Evaluation results written to %s", path)
+        return results
