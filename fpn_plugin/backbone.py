@@ -2,6 +2,8 @@
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_resnet_backbone
 
+from .config import check_choice
+from .fast_path import AUTOCAST_DTYPES, enable_fast_path
 from .necks import build_neck
 
 __all__ = ["build_resnet_fpn_paper_backbone"]
@@ -13,11 +15,14 @@ def build_resnet_fpn_paper_backbone(cfg, input_shape: ShapeSpec):
     by MODEL.FPN_PAPER.NECK. With the paper's neck the outputs are p2..p6, strides 4..64.
 
     Also checks, before anything is trained, that the RPN's features and anchors fit the
-    pyramid the neck makes (Detectron2 would otherwise fail later with a bare assertion).
+    pyramid the neck makes (Detectron2 would otherwise fail later with a bare assertion), and
+    switches on the fast path of MODEL.FPN_PAPER.FAST.
     """
+    fast = cfg.MODEL.FPN_PAPER.FAST
+    check_choice(fast.AUTOCAST, list(AUTOCAST_DTYPES), "MODEL.FPN_PAPER.FAST.AUTOCAST")
     neck = build_neck(cfg, build_resnet_backbone(cfg, input_shape))
     check_rpn_fits(cfg, list(neck.output_shape()))
-    return neck
+    return enable_fast_path(neck, channels_last=bool(fast.CHANNELS_LAST), autocast=fast.AUTOCAST)
 
 
 def check_rpn_fits(cfg, levels):

@@ -13,7 +13,7 @@ EXPORT_FORMATS = ("torchscript", "tracing", "onnx")
 # Instances fields the scripted model produces (boxes-only Faster R-CNN).
 _SCRIPT_FIELDS = {
     "proposal_boxes": Boxes, "objectness_logits": torch.Tensor,
-    "pred_boxes": Boxes, "scores": torch.Tensor, "pred_classes": torch.Tensor,
+    "pred_boxes": Boxes, "scores": torch.Tensor, "pred_classes": torch.Tensor, "pred_levels": torch.Tensor,
 }
 
 
@@ -60,12 +60,19 @@ def _adapter(model, image):
 @torch.no_grad()
 def export_traced(model, image: torch.Tensor, path: str) -> Dict[str, float]:
     """torch.jit.trace of Detectron2's ``TracingAdapter`` (inputs: one (3, H, W) image;
-    outputs: boxes, classes, scores, image size); saved to ``path``."""
+    outputs: the Instances fields, image size); saved to ``path``."""
     adapter = _adapter(model, image)
     traced = torch.jit.trace(adapter, adapter.flattened_inputs)
     traced.save(path)
-    got = torch.jit.load(path)(image)[:3]
+    got = _detections(adapter, torch.jit.load(path)(image))
     return {"max_abs_diff": _max_diff(got, eager_outputs(model, image))}
+
+
+def _detections(adapter, flat_outputs):
+    """(boxes, classes, scores) from an exported model's flat outputs, rebuilt into Instances by
+    the adapter's schema (the flat order follows the Instances fields, pred_levels included)."""
+    inst = adapter.outputs_schema([torch.as_tensor(x) for x in flat_outputs])[0]["instances"]
+    return inst.pred_boxes.tensor, inst.pred_classes, inst.scores
 
 
 @torch.no_grad()
@@ -73,12 +80,11 @@ def export_onnx(model, image: torch.Tensor, path: str, opset: int = 16) -> Dict[
     """ONNX (opset 16, TorchScript-based exporter) of the ``TracingAdapter``; checked with
     onnxruntime when it is installed (else the diff is NaN)."""
     adapter = _adapter(model, image)
-    torch.onnx.export(adapter, (image,), path, dynamo=False, opset_version=opset, input_names=["image"],
-                      output_names=["boxes", "classes", "scores", "image_size"])
+    torch.onnx.export(adapter, (image,), path, dynamo=False, opset_version=opset, input_names=["image"])
     try:
         import onnxruntime
     except ImportError:
         return {"max_abs_diff": float("nan")}
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    got = [torch.as_tensor(x) for x in session.run(None, {"image": image.numpy()})[:3]]
+    got = _detections(adapter, session.run(None, {"image": image.numpy()}))
     return {"max_abs_diff": _max_diff(got, eager_outputs(model, image))}

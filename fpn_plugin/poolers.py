@@ -67,8 +67,6 @@ class LevelROIPooler(ROIPooler):
         super().__init__(
             output_size, scales, sampling_ratio, pooler_type, canonical_box_size, canonical_level
         )
-        if level_rounding not in LEVEL_ROUNDINGS:
-            raise ValueError(f"level_rounding={level_rounding!r} is not one of {list(LEVEL_ROUNDINGS)}")
         self.level_rounding = level_rounding
 
     def levels(self, box_lists: List[Boxes]) -> torch.Tensor:

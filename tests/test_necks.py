@@ -28,10 +28,10 @@ def identity_neck(fuse_type="sum"):
         top_down_channels=1, out_channels=1, fuse_type=fuse_type,
     )
     with torch.no_grad():
-        for conv in neck.lateral_convs.values():
+        for conv in neck.lateral_convs:
             conv.weight.fill_(1.0)
             conv.bias.zero_()
-        for conv in neck.output_convs.values():
+        for conv in neck.output_convs:
             conv.weight.zero_()
             conv.weight[0, 0, 1, 1] = 1.0
             conv.bias.zero_()

@@ -68,7 +68,7 @@ def main(argv=None):
         from fpn_plugin import NECK_REGISTRY
 
         variants = {"256 (paper)": [], "128 outputs": ["MODEL.FPN_PAPER.OUT_CHANNELS", 128]}
-        for name in sorted(NECK_REGISTRY._obj_map):
+        for name in sorted(n for n, _ in NECK_REGISTRY):
             if name != "PaperFPN":
                 variants[f"neck {name}"] = ["MODEL.FPN_PAPER.NECK", name]
         results = {}

@@ -31,6 +31,9 @@ def main(argv=None):
         cfg = load_config(args.config_file, args.opts)
         cfg.defrost()
         cfg.MODEL.DEVICE = "cpu"
+        # The fast path is switched on by forward hooks, which exporters do not carry: export the
+        # default (fp32) model, which has the same weights.
+        cfg.MODEL.FPN_PAPER.FAST.CHANNELS_LAST, cfg.MODEL.FPN_PAPER.FAST.AUTOCAST = False, ""
         if args.sample_image:
             image = torch.as_tensor(read_image(args.sample_image, cfg.INPUT.FORMAT).transpose(2, 0, 1).copy()).float()
         else:
