@@ -1,5 +1,6 @@
 """The paper's ablation rows: every variant trains and infers; the runner writes the tables."""
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,9 @@ from PIL import Image
 from conftest import ROOT
 
 PROJECT = os.path.join(ROOT, "projects", "FPN-Ablations")
+sys.path.insert(0, PROJECT)  # as when the script runs: its helper module lies beside it
+import ablation_stats  # noqa: E402
+
 spec = importlib.util.spec_from_file_location("run_ablations", os.path.join(PROJECT, "run_ablations.py"))
 run_ablations = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run_ablations)
@@ -109,3 +113,28 @@ def test_runner_writes_tables_and_charts_and_skips_finished_rows(tmp_path):
     assert "rpn/c: finished earlier, not re-run" in r.stderr
     assert "fast/c: finished earlier, not re-run" in r.stderr
     assert "train_net.py" not in r.stderr.split("finished earlier")[0]
+
+
+def test_mean_and_sample_standard_deviation():
+    assert ablation_stats.mean_std([1, 2, 3]) == (2.0, 1.0)
+    mean, std = ablation_stats.mean_std([2, 4, 4, 4, 5, 5, 7, 9])
+    assert mean == 5.0 and math.isclose(std, math.sqrt(32 / 7))  # n - 1, not n (which gives 2.0)
+    assert ablation_stats.mean_std([7.5]) == (7.5, None)  # one seed: no spread
+    mean, std = ablation_stats.mean_std([1.0, float("nan")])
+    assert math.isnan(mean) and math.isnan(std)
+    with pytest.raises(ValueError):
+        ablation_stats.mean_std([])
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ((2.0, 1.0), (5.0, 1.0), True),       # 3 apart, spreads sum to 2
+    ((5.0, 1.0), (2.0, 1.0), True),       # either order
+    ((2.0, 1.0), (4.0, 1.0), False),      # 2 apart, spreads sum to 2: on the boundary, not real
+    ((2.0, 1.0), (4.25, 1.0), True),      # just past it
+    ((2.0, 1.5), (4.25, 1.0), False),     # the same gap with a wider spread
+    ((2.0, 0.0), (2.0, 0.0), False),
+    ((2.0, None), (9.0, 1.0), None),      # one seed: not judged
+    ((float("nan"), 1.0), (9.0, 1.0), None),
+])
+def test_real_gap_rule(a, b, expected):
+    assert ablation_stats.real_gap(*a, *b) is expected
