@@ -1,5 +1,8 @@
-"""The paper's ablation rows: every variant trains and infers; the runner writes the tables."""
+"""The paper's ablation rows: every variant trains and infers; the runner runs each row over
+several seeds, resumably, and writes mean ± std tables, summary.json and charts."""
 import importlib.util
+import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +17,9 @@ from PIL import Image
 from conftest import ROOT
 
 PROJECT = os.path.join(ROOT, "projects", "FPN-Ablations")
+sys.path.insert(0, PROJECT)  # as when the script runs: its helper module lies beside it
+import ablation_stats  # noqa: E402
+
 spec = importlib.util.spec_from_file_location("run_ablations", os.path.join(PROJECT, "run_ablations.py"))
 run_ablations = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run_ablations)
@@ -87,7 +93,8 @@ def test_runner_writes_tables_and_charts_and_skips_finished_rows(tmp_path):
         env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "data"), PYTHONWARNINGS="ignore")
         return subprocess.run(
             [sys.executable, os.path.join(PROJECT, "run_ablations.py"), "--rows", *rows, "--output",
-             str(tmp_path / "out"), "--train", "fpn_shapes_tiny_train", "--test", "fpn_shapes_tiny_val",
+             str(tmp_path / "out"), "--seeds", "1", "--train", "fpn_shapes_tiny_train",
+             "--test", "fpn_shapes_tiny_val",
              "--opts", *TINY_OPTS],
             env=env, capture_output=True, text=True, timeout=900,
         )
@@ -97,15 +104,189 @@ def test_runner_writes_tables_and_charts_and_skips_finished_rows(tmp_path):
     tables = (tmp_path / "out" / "TABLES.md").read_text()
     for title in ("Table 1", "Table 2", "Table 3"):
         assert title in tables
-    assert "(c) FPN {P2..P6} | " in tables and "(44.0)" in tables  # measured beside the paper's AR@100
+    assert "| (c) FPN {P2..P6} | 1 | " in tables and "± n/a (44.0)" in tables  # one seed: no spread
+    seed_out = tmp_path / "out" / "rpn_c" / "seed42"
+    assert "SEED: 42" in (seed_out / "config.yaml").read_text()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    entry = summary["tables"]["rpn"]["rows"]["rpn/c"]
+    assert entry["n"] == 1 and entry["std"]["AR@100"] is None
+    assert entry["per_seed"]["42"]["AR@100"] == json.loads((seed_out / "results.json").read_text())[
+        "box_proposals"]["AR@100"]
     for i in (1, 2, 3):
         with Image.open(tmp_path / "out" / f"table{i}.png") as im:
             assert im.format == "PNG" and im.size == (1080, 360)
-    assert (tmp_path / "out" / "rpn_c" / "proposals_train" / "inference" / "fpn_shapes_tiny_train"
-            / "box_proposals.pkl").exists()
+    assert (seed_out / "proposals_train" / "inference" / "fpn_shapes_tiny_train" / "box_proposals.pkl").exists()
 
     r = runner("rpn/c", "fast/c")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "rpn/c: finished earlier, not re-run" in r.stderr
-    assert "fast/c: finished earlier, not re-run" in r.stderr
+    assert "rpn/c seed 42: finished earlier, not re-run" in r.stderr
+    assert "fast/c seed 42: finished earlier, not re-run" in r.stderr
     assert "train_net.py" not in r.stderr.split("finished earlier")[0]
+
+
+# The runner's statistics and its seed loop, on hand-made per-seed numbers and a stand-in train_net.
+
+def test_mean_and_sample_standard_deviation():
+    assert ablation_stats.mean_std([1, 2, 3]) == (2.0, 1.0)
+    mean, std = ablation_stats.mean_std([2, 4, 4, 4, 5, 5, 7, 9])
+    assert mean == 5.0 and math.isclose(std, math.sqrt(32 / 7))  # n - 1, not n (which gives 2.0)
+    assert ablation_stats.mean_std([7.5]) == (7.5, None)  # one seed: no spread
+    mean, std = ablation_stats.mean_std([1.0, float("nan")])
+    assert math.isnan(mean) and math.isnan(std)
+    with pytest.raises(ValueError):
+        ablation_stats.mean_std([])
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ((2.0, 1.0), (5.0, 1.0), True),       # 3 apart, spreads sum to 2
+    ((5.0, 1.0), (2.0, 1.0), True),       # either order
+    ((2.0, 1.0), (4.0, 1.0), False),      # 2 apart, spreads sum to 2: on the boundary, not real
+    ((2.0, 1.0), (4.25, 1.0), True),      # just past it
+    ((2.0, 1.5), (4.25, 1.0), False),     # the same gap with a wider spread
+    ((2.0, 0.0), (2.0, 0.0), False),
+    ((2.0, None), (9.0, 1.0), None),      # one seed: not judged
+    ((float("nan"), 1.0), (9.0, 1.0), None),
+])
+def test_real_gap_rule(a, b, expected):
+    assert ablation_stats.real_gap(*a, *b) is expected
+
+
+def fake_results(task, metrics, values, seconds):
+    return {task: dict(zip(metrics, values)), "seconds": seconds}
+
+
+def test_summary_and_tables_aggregate_seeds_and_mark_real_gaps(tmp_path):
+    _, task, metrics = run_ablations.TABLES["fast"]  # AP50, AP, APs, APm, APl
+    seeds = run_ablations.seed_values(3)
+    assert seeds == [42, 1042, 2042]
+    per_seed = {
+        # (c): AP50 1, 2, 3 -> 2 ± 1; AP 10, 10, 10 -> 10 ± 0
+        "fast/c": {s: fake_results(task, metrics, [v, 10, 5, 5, 5], 60) for s, v in zip(seeds, (1, 2, 3))},
+        # (b): AP50 5, 6, 7 -> 6 ± 1, 4 above (c) > 1 + 1: real; AP 9, 10, 11 -> 10 ± 1: no gap
+        "fast/b": {s: fake_results(task, metrics, [v, w, 5, 5, 5], 30)
+                   for s, v, w in zip(seeds, (5, 6, 7), (9, 10, 11))},
+        # (d): one seed: mean only, nothing judged
+        "fast/d": {42: fake_results(task, metrics, [0, 0, 0, 0, 0], 90)},
+        # (a): AP 6, 7, 8 -> 7 ± 1, 3 below (c) > 1 + 0: real; AP50 0, 2, 4 -> 2 ± 2: no gap
+        "fast/a": {s: fake_results(task, metrics, [v, w, 5, 5, 5], 120)
+                   for s, v, w in zip(seeds, (0, 2, 4), (6, 7, 8))},
+    }
+    lines = run_ablations.write_outputs(per_seed, seeds, str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["seeds"] == seeds and "n - 1" in summary["std"]
+    table = summary["tables"]["fast"]
+    assert list(table["rows"]) == ["fast/a", "fast/b", "fast/c", "fast/d"]  # the paper's order
+    c, b, a, d = (table["rows"][r] for r in ("fast/c", "fast/b", "fast/a", "fast/d"))
+    assert c["per_seed"]["1042"]["AP50"] == 2 and c["mean"]["AP50"] == 2 and c["std"]["AP50"] == 1
+    assert c["std"]["AP"] == 0 and "real_gap_vs_c" not in c and c["paper"]["AP"] == 33.9
+    assert b["mean"]["AP50"] == 6 and b["gap_vs_c"]["AP50"] == 4 and b["real_gap_vs_c"]["AP50"] is True
+    assert b["real_gap_vs_c"]["AP"] is False
+    assert a["gap_vs_c"]["AP"] == -3 and a["real_gap_vs_c"]["AP"] is True and a["real_gap_vs_c"]["AP50"] is False
+    assert d["n"] == 1 and d["std"]["AP"] is None and d["real_gap_vs_c"]["AP"] is None
+    assert c["seconds"] == {"42": 60, "1042": 60, "2042": 60} and c["seconds_total"] == 180
+    assert table["seconds_total"] == 180 + 90 + 90 + 360 and summary["seconds_total"] == 720
+    assert set(summary["tables"]) == {"fast"}
+
+    text = "\n".join(lines)
+    assert (tmp_path / "TABLES.md").read_text().strip() == text.strip()
+    assert "| (b) C5, 2fc head | 3 | 6.0 ± 1.0 ▲ (52.9) | 10.0 ± 1.0 (28.8) |" in text
+    assert "| (a) C4 baseline, conv5 head | 3 | 2.0 ± 2.0 (54.7) | 7.0 ± 1.0 ▼ (31.9) |" in text
+    assert "| (d) bottom-up pyramid only | 1 | 0.0 ± n/a (44.9) |" in text
+    assert text.split("(c) FPN")[1].split("\n")[0].endswith("| 3.0 |")  # minutes: 3 seeds x 60 s
+    assert "Wall time of the table: 12.0 minutes" in text
+    with Image.open(tmp_path / "table2.png") as im:
+        assert im.format == "PNG"
+    assert not (tmp_path / "table1.png").exists()
+
+
+class FakeTrainNet:
+    """Stands in for train_net.py: records each call and writes eval_results.json where asked."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args, env):
+        args = [str(a) for a in args]
+        self.calls.append(args)
+        out = args[len(args) - 1 - args[::-1].index("OUTPUT_DIR") + 1]  # the last OUTPUT_DIR wins
+        os.makedirs(out, exist_ok=True)
+        seed = int(args[args.index("SEED") + 1])
+        with open(os.path.join(out, "eval_results.json"), "w") as f:
+            json.dump({"box_proposals": {"AR@100": seed / 100}, "bbox": {"AP": seed / 1000}}, f)
+
+    def seeds(self):
+        return [int(c[c.index("SEED") + 1]) for c in self.calls]
+
+
+def finish(output, row, seed, **results):
+    folder = output / row.replace("/", "_") / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"seconds": 10.0, **results}))
+    return folder
+
+
+def test_seeds_resume_a_half_finished_set(tmp_path, monkeypatch, capsys):
+    fake = FakeTrainNet()
+    monkeypatch.setattr(run_ablations, "train_net", fake)
+    finish(tmp_path, "rpn/a", 42, box_proposals={"AR@100": 1.0})
+    finish(tmp_path, "rpn/a", 2042, box_proposals={"AR@100": 3.0})
+    half = tmp_path / "rpn_a" / "seed1042"
+    half.mkdir()
+    (half / "last_checkpoint").write_text("model_0000049.pth")  # interrupted
+    (half / "seconds_spent").write_text("5.0")
+
+    assert run_ablations.main(["--rows", "rpn/a", "--seeds", "3", "--output", str(tmp_path)]) == 0
+    assert fake.seeds() == [1042]  # only the unfinished seed runs
+    call = fake.calls[0]
+    assert "--resume" in call and call[call.index("OUTPUT_DIR") + 1] == str(half)
+    results = json.loads((half / "results.json").read_text())
+    assert results["seed"] == 1042 and results["box_proposals"]["AR@100"] == 10.42
+    assert results["seconds"] >= 5.0  # the interrupted attempt's time counts
+    entry = json.loads((tmp_path / "summary.json").read_text())["tables"]["rpn"]["rows"]["rpn/a"]
+    assert entry["n"] == 3 and entry["per_seed"]["1042"]["AR@100"] == 10.42
+    assert entry["mean"]["AR@100"] == pytest.approx((1.0 + 10.42 + 3.0) / 3)
+
+    fake.calls.clear()  # all finished now: a second call runs nothing, a larger --seeds only the new seed
+    assert run_ablations.main(["--rows", "rpn/a", "--seeds", "3", "--output", str(tmp_path)]) == 0
+    assert fake.calls == []
+    assert run_ablations.main(["--rows", "rpn/a", "--seeds", "4", "--output", str(tmp_path)]) == 0
+    assert fake.seeds() == [3042]
+    capsys.readouterr()
+
+
+def test_fast_rows_use_the_proposals_of_the_same_seed_of_rpn_c(tmp_path, monkeypatch, caplog):
+    fake = FakeTrainNet()
+    monkeypatch.setattr(run_ablations, "train_net", fake)
+    train_set, test_set = "fpn_shapes_train", "fpn_shapes_val"
+    for path in run_ablations.proposal_files(str(tmp_path), 42, train_set, test_set):
+        os.makedirs(os.path.dirname(path))
+        open(path, "wb").close()
+
+    assert run_ablations.main(["--rows", "fast/c", "--seeds", "2", "--output", str(tmp_path)]) == 2
+    assert fake.seeds() == [42]  # seed 0 ran on seed 0's proposals, seed 1 has none
+    assert os.path.join(str(tmp_path), "rpn_c", "seed42", "proposals_train") in " ".join(fake.calls[0])
+    missing = run_ablations.proposal_files(str(tmp_path), 1042, train_set, test_set)[0]
+    assert "fast/c seed 1042" in caplog.text and missing in caplog.text
+    assert f"--rows rpn/c --seeds 2 --output {tmp_path}" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "three", ""])
+def test_bad_seeds_value_is_refused(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_ablations.main(["--rows", "rpn/c", "--seeds", value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seeds" in err and "whole number, 1 or more" in err and repr(value) in err
+
+
+def test_seed_in_opts_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        run_ablations.main(["--rows", "rpn/c", "--opts", "SOLVER.MAX_ITER", "5", "SEED", "7"])
+    assert e.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+def test_old_single_seed_results_are_ignored(tmp_path, caplog):
+    (tmp_path / "rpn_c").mkdir()
+    (tmp_path / "rpn_c" / "results.json").write_text(json.dumps({"box_proposals": {"AR@100": 99.0}}))
+    assert run_ablations.finished(str(tmp_path), [42]) == {}
+    assert "single-seed layout and is ignored" in caplog.text

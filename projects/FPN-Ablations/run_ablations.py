@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
-"""Train and evaluate rows of the FPN paper's Tables 1-3 and write the tables and charts.
+"""Train and evaluate rows of the FPN paper's Tables 1-3 over several seeds and write the tables,
+summary.json and charts.
 
-    python projects/FPN-Ablations/run_ablations.py                      # every row
+    python projects/FPN-Ablations/run_ablations.py                      # every row, 3 seeds
     python projects/FPN-Ablations/run_ablations.py --rows rpn/c fast/c  # some rows
-    python projects/FPN-Ablations/run_ablations.py --opts SOLVER.MAX_ITER 1000
+    python projects/FPN-Ablations/run_ablations.py --seeds 5 --opts SOLVER.MAX_ITER 1000
 
-Each row trains with the repository's train_net.py in its own folder under --output. A row
-whose results.json exists is finished and never re-run; an unfinished one resumes from its
-last checkpoint. Fast R-CNN rows (Table 2) train on the proposals that row rpn/c writes.
+Seed i of a row (i = 0 .. --seeds - 1) trains with SEED 42 + 1000 i through the repository's
+train_net.py in <output>/<row>/seed<SEED>/. A seed whose results.json exists is finished and never
+re-run; an unfinished one resumes from its last checkpoint. Seed i of a Fast R-CNN row (Table 2)
+trains on the proposals that seed i of row rpn/c writes.
 """
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
 import time
+
+import ablation_stats  # beside this file; the script's folder is first on sys.path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -62,6 +67,9 @@ PAPER = {
     "e2e/c": [56.9, 33.9, 17.8, 37.7, 45.8],
 }
 
+SEED_BASE, SEED_STEP = 42, 1000  # seed i trains with SEED = SEED_BASE + SEED_STEP * i
+
+
 
 class AblationError(RuntimeError):
     """A row that cannot run; the message says why and what to do."""
@@ -78,13 +86,37 @@ def parse_rows(names):
     return [r for r in ROWS if r in chosen]
 
 
+def positive_int(text):
+    """The type of --seeds: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the number of seeds per row is a whole number, 1 or more, not {text!r}")
+    return value
+
+
+def seed_of(index):
+    return SEED_BASE + SEED_STEP * index
+
+
+def seed_values(n):
+    """The SEEDs of seeds 0 .. n-1; a call with more seeds keeps the first ones, so they are reused."""
+    return [seed_of(i) for i in range(n)]
+
+
 def row_dir(output, row):
     return os.path.join(output, row.replace("/", "_"))
 
 
-def proposal_files(output, train_set, test_set):
-    """The files row rpn/c writes: its proposals on the training and the test set."""
-    base = row_dir(output, "rpn/c")
+def seed_dir(output, row, seed):
+    return os.path.join(row_dir(output, row), f"seed{seed}")
+
+
+def proposal_files(output, seed, train_set, test_set):
+    """The files that seed ``seed`` of row rpn/c writes: its proposals on the training and the test set."""
+    base = seed_dir(output, "rpn/c", seed)
     return (os.path.join(base, "proposals_train", "inference", train_set, "box_proposals.pkl"),
             os.path.join(base, "inference", test_set, "box_proposals.pkl"))
 
@@ -95,81 +127,120 @@ def train_net(*args, env):
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 
 
-def run_row(row, args, env):
-    """Train and evaluate one row unless finished; returns its results dict."""
-    out = row_dir(args.output, row)
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_atomically(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def run_seed(row, index, args, env):
+    """Train and evaluate seed ``index`` of one row unless finished; returns its results dict, with
+    "seed" and "seconds" (wall time, earlier interrupted attempts of this seed included)."""
+    seed = seed_of(index)
+    out = seed_dir(args.output, row, seed)
     done = os.path.join(out, "results.json")
     if os.path.isfile(done):
-        logger.info("%s: finished earlier, not re-run (%s)", row, done)
-        with open(done) as f:
-            return json.load(f)
+        logger.info("%s seed %d: finished earlier, not re-run (%s)", row, seed, done)
+        return read_json(done)
     config = os.path.join(HERE, "configs", ROWS[row][0])
-    opts = ["OUTPUT_DIR", out, "DATASETS.TRAIN", f"('{args.train}',)", "DATASETS.TEST", f"('{args.test}',)"]
+    opts = ["OUTPUT_DIR", out, "SEED", seed, "DATASETS.TRAIN", f"('{args.train}',)",
+            "DATASETS.TEST", f"('{args.test}',)"]
     if row.startswith("fast/"):
-        train_props, test_props = proposal_files(args.output, args.train, args.test)
+        train_props, test_props = proposal_files(args.output, seed, args.train, args.test)
         missing = [p for p in (train_props, test_props) if not os.path.isfile(p)]
         if missing:
             raise AblationError(
-                f"{row} trains on the proposals of row rpn/c, and {missing[0]} does not exist; "
-                f"make them first: {os.path.relpath(__file__, ROOT)} --rows rpn/c --output {args.output}"
+                f"{row} seed {seed} trains on the proposals of seed {seed} of row rpn/c, and {missing[0]} "
+                f"does not exist; make them first: {os.path.relpath(__file__, ROOT)} --rows rpn/c --seeds "
+                f"{index + 1} --output {args.output} --train {args.train} --test {args.test}"
             )
         opts += ["DATASETS.PROPOSAL_FILES_TRAIN", f"('{train_props}',)",
                  "DATASETS.PROPOSAL_FILES_TEST", f"('{test_props}',)"]
+    spent = os.path.join(out, "seconds_spent")  # wall time of earlier attempts that did not finish
+    earlier = float(read_json(spent)) if os.path.isfile(spent) else 0.0
     start = time.perf_counter()
-    train_net("--config-file", config, "--resume", *opts, *args.opts, env=env)
-    if row == "rpn/c":  # proposals on the training set for Table 2 (2000 per image, Sec. 5.2)
-        train_net("--config-file", config, "--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
-                  *opts, "OUTPUT_DIR", os.path.join(out, "proposals_train"), "DATASETS.TEST",
-                  f"('{args.train}',)", "MODEL.RPN.POST_NMS_TOPK_TEST", 2000, *args.opts, env=env)
-    with open(os.path.join(out, "eval_results.json")) as f:
-        results = json.load(f)
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    with open(done + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(done + ".tmp", done)  # the row counts as finished only once this file exists
+    try:
+        train_net("--config-file", config, "--resume", *opts, *args.opts, env=env)
+        if row == "rpn/c":  # proposals on the training set for Table 2 (2000 per image, Sec. 5.2)
+            train_net("--config-file", config, "--eval-only", "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+                      *opts, "OUTPUT_DIR", os.path.join(out, "proposals_train"), "DATASETS.TEST",
+                      f"('{args.train}',)", "MODEL.RPN.POST_NMS_TOPK_TEST", 2000, *args.opts, env=env)
+    except BaseException:  # failed or interrupted: keep its time for the attempt that finishes
+        os.makedirs(out, exist_ok=True)
+        write_atomically(spent, json.dumps(round(earlier + time.perf_counter() - start, 1)))
+        raise
+    results = read_json(os.path.join(out, "eval_results.json"))
+    results["seed"] = seed
+    results["seconds"] = round(earlier + time.perf_counter() - start, 1)
+    write_atomically(done, json.dumps(results, indent=2))  # the seed counts as finished once this exists
     return results
 
 
-def write_tables(results, output):
-    """TABLES.md with measured and paper numbers side by side, and table{1,2,3}.png."""
+def finished(output, seeds):
+    """row -> {seed: results} of every finished seed among ``seeds``, for every row on disk."""
+    per_seed = {}
+    for row in ROWS:
+        old = os.path.join(row_dir(output, row), "results.json")
+        if os.path.isfile(old):
+            logger.warning("%s: %s is from the earlier single-seed layout and is ignored", row, old)
+        for seed in seeds:
+            done = os.path.join(seed_dir(output, row, seed), "results.json")
+            if os.path.isfile(done):
+                per_seed.setdefault(row, {})[seed] = read_json(done)
+    return per_seed
+
+
+def write_outputs(per_seed, seeds, output):
+    """summary.json, TABLES.md and table{1,2,3}.png; returns TABLES.md's lines."""
+    summary = ablation_stats.summarize(per_seed, ROWS, TABLES, PAPER, seeds)
+    write_atomically(os.path.join(output, "summary.json"), json.dumps(summary, indent=2, allow_nan=False))
+    lines = ablation_stats.markdown(summary)
+    write_atomically(os.path.join(output, "TABLES.md"), "\n".join(lines) + "\n")
+    write_charts(summary, output)
+    return lines
+
+
+def write_charts(summary, output):
+    """Per table: measured mean with its standard deviation as error bar (none for one seed),
+    beside the paper's value, per row and metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = []
-    for i, (prefix, (title, task, metrics)) in enumerate(TABLES.items(), 1):
-        rows = [r for r in ROWS if r.startswith(prefix + "/") and r in results]
-        if not rows:
+    for i, prefix in enumerate(TABLES, 1):
+        table = summary["tables"].get(prefix)
+        if table is None:
             continue
-        lines += [f"## {title}", "", "| row | " + " | ".join(f"{m} (paper)" for m in metrics) + " | minutes |",
-                  "|---|" + "---|" * (len(metrics) + 1)]
-        measured = {r: [results[r].get(task, {}).get(m, float("nan")) for m in metrics] for r in rows}
-        for r in rows:
-            cells = [f"{v:.1f} ({p})" for v, p in zip(measured[r], PAPER[r])]
-            lines.append(f"| {ROWS[r][1]} | " + " | ".join(cells) + f" | {results[r]['seconds'] / 60:.1f} |")
-        lines.append("")
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=False)
-        for ax, (label, data) in zip(axes, (("measured, embedded dataset", measured),
-                                             ("paper, COCO minival", {r: PAPER[r] for r in rows}))):
-            width = 0.8 / len(rows)
-            for j, r in enumerate(rows):
-                ax.bar([x + j * width for x in range(len(metrics))], data[r], width, label=ROWS[r][1])
+        metrics, entries = table["metrics"], list(table["rows"].values())
+        width = 0.8 / len(entries)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        for j, e in enumerate(entries):
+            xs = [x + j * width for x in range(len(metrics))]
+            mean = [math.nan if e["mean"][m] is None else e["mean"][m] for m in metrics]
+            axes[0].bar(xs, mean, width, yerr=[e["std"][m] or 0.0 for m in metrics], capsize=2,
+                        label=f"{e['label']} (n={e['n']})")
+            axes[1].bar(xs, [e["paper"][m] for m in metrics], width, label=e["label"])
+        for ax, label in zip(axes, ("measured: mean ± std over seeds", "paper, COCO minival")):
             ax.set_xticks([x + 0.4 - width / 2 for x in range(len(metrics))], metrics)
             ax.set_title(label)
         axes[0].legend(fontsize=7)
-        fig.suptitle(title)
+        fig.suptitle(table["title"])
         fig.tight_layout()
         fig.savefig(os.path.join(output, f"table{i}.png"), dpi=90)
         plt.close(fig)
-    with open(os.path.join(output, "TABLES.md"), "w") as f:
-        f.write("\n".join(lines))
-    return lines
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"rows to run: {', '.join(ROWS)}")
+    parser.add_argument("--seeds", type=positive_int, default=3,
+                        help=f"runs per row, with SEED {SEED_BASE} + {SEED_STEP} i (default 3)")
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "fpn_ablations"))
     parser.add_argument("--train", default="fpn_shapes_train", help="training dataset (registered name)")
     parser.add_argument("--test", default="fpn_shapes_val", help="evaluation dataset (registered name)")
@@ -180,23 +251,21 @@ def main(argv=None):
         rows = parse_rows(args.rows)
     except AblationError as e:
         parser.error(str(e))
+    if "SEED" in args.opts[::2]:
+        parser.error("--opts SEED: the runner sets SEED itself, one per seed; choose their number with --seeds")
     args.output = os.path.abspath(args.output)
     os.makedirs(args.output, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    results = {}
     for row in rows:
-        try:
-            results[row] = run_row(row, args, env)
-        except AblationError as e:
-            logger.error("%s", e)
-            return 2
-    # Finished rows of earlier calls join the tables too.
-    for row in ROWS:
-        done = os.path.join(row_dir(args.output, row), "results.json")
-        if row not in results and os.path.isfile(done):
-            with open(done) as f:
-                results[row] = json.load(f)
-    for line in write_tables(results, args.output):
+        for index in range(args.seeds):
+            try:
+                run_seed(row, index, args, env)
+            except AblationError as e:
+                logger.error("%s", e)
+                return 2
+    # Finished seeds of earlier calls, also of rows not asked for now, join the tables too.
+    seeds = seed_values(args.seeds)
+    for line in write_outputs(finished(args.output, seeds), seeds, args.output):
         print(line)
     return 0
 
