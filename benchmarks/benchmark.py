@@ -13,29 +13,23 @@ Prints medians and ratios to stock; writes JSON with --json.
 import argparse
 import copy
 import json
-import os
 import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 
 def configs(device):
-    from detectron2.config import get_cfg
     from detectron2.model_zoo import get_config_file
 
-    import fpn_plugin
+    import fpn_plugin  # noqa: F401  (registers the plugin's backbone and ROI heads)
+    from fpn_plugin.config import load_config
 
-    stock = get_cfg()
-    stock.merge_from_file(get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
-    stock.MODEL.DEVICE = device
+    stock = load_config(get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"), ["MODEL.DEVICE", device])
     plugin = stock.clone()
-    fpn_plugin.add_fpn_paper_config(plugin)
     plugin.MODEL.BACKBONE.NAME = "build_resnet_fpn_paper_backbone"
     plugin.MODEL.ROI_HEADS.NAME = "FPNPaperROIHeads"
     fast = plugin.clone()
@@ -57,13 +51,15 @@ def point_functions(name, model, one, eight, four):
     with torch.no_grad():
         model.eval()
         x = model.preprocess_image(one).tensor
+        if getattr(model.backbone, "fast_path", {}).get("channels_last"):
+            x = x.contiguous(memory_format=torch.channels_last)
         feats = model.backbone.bottom_up(x)
-    if name == "stock":
-        neck = copy.copy(model.backbone)
-        neck._modules = dict(model.backbone._modules, bottom_up=CachedBottomUp(model.backbone.bottom_up, feats))
-        run_neck = lambda: neck(x)  # noqa: E731
-    else:
-        run_neck = neck_alone(model.backbone, feats)
+
+    def run_neck():
+        # The neck as the model calls it (with its fast-path hooks), on fixed C2..C5.
+        with cached_bottom_up(model.backbone, feats):
+            return model.backbone(x)
+
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
 
     def inference(inputs):
@@ -126,18 +122,16 @@ class CachedBottomUp(torch.nn.Module):
         return self.real.output_shape()
 
 
-def neck_alone(neck, features):
-    """The plugin's neck on fixed C2..C5, with its fast path (layout, autocast) when switched on."""
-    if neck.channels_last:
-        features = {k: v.contiguous(memory_format=torch.channels_last) for k, v in features.items()}
-    if neck.autocast_dtype is None:
-        return lambda: neck.pyramid(features)
-
-    def run():
-        with torch.autocast(device_type=next(iter(features.values())).device.type, dtype=neck.autocast_dtype):
-            return neck.pyramid(features)
-
-    return run
+@contextmanager
+def cached_bottom_up(backbone, features):
+    """Within the block, ``backbone.bottom_up`` returns ``features`` (stock FPN and plugin neck
+    alike call ``self.bottom_up(x)`` first)."""
+    real = backbone.bottom_up
+    backbone.bottom_up = CachedBottomUp(real, features)
+    try:
+        yield
+    finally:
+        backbone.bottom_up = real
 
 
 def batch(n, h, w, device, train):

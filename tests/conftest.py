@@ -8,6 +8,25 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
+#: The one small config of the suite: its MODEL keys make every test's small model.
+TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
+
+
+def small_model_opts():
+    """The MODEL keys that tests/configs/tiny.yaml sets, as ["MODEL.KEY", value, ...]."""
+    import yaml
+
+    with open(TINY) as f:
+        model = yaml.safe_load(f)["MODEL"]
+
+    def flat(prefix, node):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flat(f"{prefix}.{key}", value)
+            else:
+                yield from (f"{prefix}.{key}", value)
+
+    return list(flat("MODEL", model))
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation at import
 
@@ -33,23 +52,13 @@ def seed_everything():
 @pytest.fixture
 def make_cfg():
     """make_cfg(config_name="fpn_paper.yaml", *opts, small=True): a CPU config; ``small``
-    swaps in ResNet-18 and few proposals so a model builds and steps in about a second."""
-    from detectron2.config import get_cfg
-
-    import fpn_plugin
+    applies the small model of tests/configs/tiny.yaml (ResNet-18, few proposals) so a model
+    builds and steps in about a second."""
+    import fpn_plugin  # noqa: F401  (registers the plugin's components)
+    from fpn_plugin.config import load_config
 
     def make(config="fpn_paper.yaml", *opts, small=True):
-        cfg = get_cfg()
-        fpn_plugin.add_fpn_paper_config(cfg)
-        cfg.merge_from_file(os.path.join(CONFIGS, config))
-        cfg.MODEL.DEVICE = "cpu"
-        if small:
-            cfg.MODEL.RESNETS.DEPTH = 18
-            cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-            cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
-            cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 64
-            cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
-        cfg.merge_from_list(list(opts))
-        return cfg
+        small_opts = small_model_opts() if small else []
+        return load_config(os.path.join(CONFIGS, config), ["MODEL.DEVICE", "cpu", *small_opts, *opts])
 
     return make

@@ -43,8 +43,7 @@ def test_train_step_and_inference(make_cfg, config):
     model.eval()
     with torch.no_grad():
         out = model(inputs((96, 128), boxes=False))
-    inst = out[0]["instances"]
-    assert inst.image_size == (96, 128) and inst.pred_boxes.tensor.shape[1] == 4
+    assert_detections_inside(out[0]["instances"], (96, 128))
 
 
 @pytest.mark.parametrize("hw", [(32, 32), (33, 45), (61, 97), (200, 33)])
@@ -52,7 +51,17 @@ def test_any_image_size_from_32px(make_cfg, hw):
     model = build_model(make_cfg()).eval()
     with torch.no_grad():
         out = model(inputs(hw, boxes=False))
-    assert out[0]["instances"].image_size == hw
+    assert_detections_inside(out[0]["instances"], hw)
+
+
+def assert_detections_inside(inst, hw):
+    """Detections exist (the small config keeps every score), lie inside the (H, W) image and
+    carry a pooled level among P2..P5."""
+    boxes = inst.pred_boxes.tensor
+    assert len(inst) > 0 and boxes.shape[1] == 4
+    assert (boxes >= 0).all() and (boxes[:, 0::2] <= hw[1]).all() and (boxes[:, 1::2] <= hw[0]).all()
+    assert inst.pred_levels.dtype == torch.int64 and len(inst.pred_levels) == len(inst)
+    assert ((inst.pred_levels >= 2) & (inst.pred_levels <= 5)).all()
 
 
 def stock_model():

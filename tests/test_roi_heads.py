@@ -1,5 +1,6 @@
 """ROI heads: Eq. 1 settings reach every pooler; bad settings fail at build time by key."""
 import pytest
+import torch
 from detectron2.modeling import build_model
 
 from fpn_plugin import FPNPaperROIHeads, LevelROIPooler
@@ -50,3 +51,28 @@ def test_canonical_level_error_names_the_pooled_levels(make_cfg):
 def test_unknown_rounding_lists_the_choices(make_cfg):
     with pytest.raises(ValueError, match=r"\['floor', 'round'\]"):
         build_model(make_cfg("fpn_paper.yaml", "MODEL.FPN_PAPER.LEVEL_ROUNDING", "ceil"))
+
+
+@pytest.mark.parametrize("side, level", [(111.0, 2), (112.0, 3), (223.0, 3), (224.0, 4), (447.0, 4), (448.0, 5)])
+def test_pred_levels_are_the_eq1_level_of_the_proposal(make_cfg, side, level):
+    """At Eq. 1's bin edges (112, 224, 448 px for k0 = 4, canonical 224), in a batch of two
+    images of which the second has no proposal: every detection carries its proposal's level."""
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+
+    model = build_model(make_cfg("fpn_paper.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)).eval()
+    h = w = 512
+    images = torch.zeros(2, 3, h, w)
+    with torch.no_grad():
+        features = model.backbone(images)
+    proposals = []
+    for n in (1, 0):
+        p = Instances((h, w))
+        p.proposal_boxes = Boxes(torch.tensor([[10.0, 20.0, 10.0 + side, 20.0 + side]] * n).view(n, 4))
+        p.objectness_logits = torch.zeros(n)
+        proposals.append(p)
+    with torch.no_grad():
+        instances, _ = model.roi_heads(None, features, proposals)
+    assert len(instances[0]) > 0
+    assert instances[0].pred_levels.tolist() == [level] * len(instances[0])
+    assert len(instances[1]) == 0 and instances[1].pred_levels.dtype == torch.int64
