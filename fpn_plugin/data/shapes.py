@@ -1,8 +1,10 @@
 """The embedded dataset: deterministic, multi-scale synthetic shapes in COCO json form.
 
 Five categories of filled polygons (circle as a 64-gon, rectangle, triangle, star, cross) whose
-extent is drawn log-uniformly from ``object_size`` (8..400 px by default), so COCO's small
-(area < 32^2), medium and large objects all occur in quantity. Backgrounds are textured
+size, the square root of the shape's area (what COCO's size classes measure), lies in
+``object_size`` (8..200 px by default): each shape falls in COCO's small (area < 32^2), medium or
+large (area >= 96^2) class with equal chance and is log-uniform within it, so each class makes
+a good share of the objects (large ones the least: they most often find no room). Backgrounds are textured
 (low-frequency colour noise, grain and random line clutter); boxes overlap freely, while the
 shapes themselves never share a pixel, so every polygon annotation is the exact mask of what was
 drawn. The same spec always gives the same images (numpy's PCG64, seeded per image).
@@ -37,7 +39,7 @@ class ShapesSpec:
 
     num_images: int
     image_size: Tuple[int, int] = (360, 480)  # each side uniform in [min, max] px
-    object_size: Tuple[float, float] = (8.0, 400.0)  # a shape's nominal extent, log-uniform
+    object_size: Tuple[float, float] = (8.0, 200.0)  # sqrt of a shape's area in px (see _draw_sizes)
     max_objects: int = 12
     empty_fraction: float = 0.04  # images with no object at all (pure background)
     seed: int = 0
@@ -120,6 +122,22 @@ def _contrasting_colour(rng, image: Image.Image, pts: np.ndarray):
     return tuple(int(c) for c in colour)
 
 
+#: COCO's size classes split sqrt(area) at these px: small < 32 <= medium < 96 <= large.
+COCO_SIZE_EDGES = (32.0, 96.0)
+
+
+def _draw_sizes(rng, object_size: Tuple[float, float], n: int) -> np.ndarray:
+    """``n`` sizes (sqrt of area, px): a COCO size class among those ``object_size`` spans, each
+    equally likely, then a size log-uniform within the class. Large shapes are the ones that
+    most often find no room, so an even draw over the classes keeps each class well represented."""
+    lo, hi = object_size
+    edges = [lo] + [e for e in COCO_SIZE_EDGES if lo < e < hi] + [hi]
+    k = rng.integers(len(edges) - 1, size=n)
+    u = rng.uniform(size=n)
+    a, b = np.log(np.take(edges, k)), np.log(np.take(edges, k + 1))
+    return np.exp(a + u * (b - a))
+
+
 def _draw_image(spec: ShapesSpec, index: int):
     """One image and its annotations (COCO dicts without ids)."""
     rng = np.random.default_rng([spec.seed, index])
@@ -128,15 +146,20 @@ def _draw_image(spec: ShapesSpec, index: int):
     draw = ImageDraw.Draw(image)
     occupied = Image.new("L", (w, h), 0)  # pixels already covered by a shape (dilated by 1)
     n = 0 if rng.uniform() < spec.empty_fraction else int(rng.integers(1, spec.max_objects + 1))
-    lo, hi = np.log(spec.object_size[0]), np.log(min(spec.object_size[1], min(w, h) - 4))
-    sizes = sorted(np.exp(rng.uniform(lo, hi, n)), reverse=True)  # big first: they need room
+    sizes = sorted(_draw_sizes(rng, spec.object_size, n), reverse=True)  # big first: they need room
     annos = []
     for size in sizes:
         cat = int(rng.integers(len(CATEGORIES)))
         angle, aspect = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 1.0)
-        for _ in range(30):  # a few tries to find free room; else the shape is not drawn
-            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-            pts, area = shape_polygon(CATEGORIES[cat], cx, cy, size, angle, aspect)
+        # The extent whose area is size^2 (a star covers a third of its extent squared, a circle
+        # 0.785), no larger than the image allows.
+        unit_area = shape_polygon(CATEGORIES[cat], 0.0, 0.0, 1.0, 0.0, aspect)[1]
+        extent = min(size / math.sqrt(unit_area), min(w, h) - 4)
+        # Centres are drawn where the whole shape fits in the image.
+        lo_xy, hi_xy = (f(shape_polygon(CATEGORIES[cat], 0.0, 0.0, extent, angle, aspect)[0], 0) for f in (np.min, np.max))
+        for _ in range(60):  # tries to find free room; else the shape is not drawn
+            cx, cy = rng.uniform(-lo_xy[0], max(w - hi_xy[0], -lo_xy[0])), rng.uniform(-lo_xy[1], max(h - hi_xy[1], -lo_xy[1]))
+            pts, area = shape_polygon(CATEGORIES[cat], cx, cy, extent, angle, aspect)
             x0, y0 = pts.min(0)
             x1, y1 = pts.max(0)
             if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
