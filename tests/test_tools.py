@@ -3,6 +3,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -302,3 +303,40 @@ def test_plugin_roi_heads_set_pred_levels_themselves(image):
     finally:
         del model.roi_heads.box_predictor.inference
     assert torch.equal(raw.pred_levels, recorded["levels"])
+
+
+def _expected_canvas(image_hw, min_size, max_size, zoom=1):
+    h, w = ResizeShortestEdge.get_output_shape(*image_hw, min_size, max_size)
+    ph, pw = (math.ceil(v / 32) * 32 for v in (h, w))
+    maps = lambda strides: [(math.ceil(ph / s), math.ceil(pw / s)) for s in strides]  # noqa: E731
+    return pyramid_canvas_size(image_hw, [maps([4, 8, 16, 32]), maps([4, 8, 16, 32, 64])], zoom=zoom)
+
+
+def test_pyramid_picture_of_a_stock_detectron2_model(tmp_path, image, capsys):
+    """Detectron2's own faster_rcnn_R_50_FPN_1x (its FPN backbone and StandardROIHeads, random
+    weights) gives the picture too, and --confidence decides what is drawn."""
+    from detectron2 import model_zoo
+
+    config = model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")
+    opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "256",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RPN.POST_NMS_TOPK_TEST", "100"]
+    main = tool("visualize_pyramid")
+    drawn = {}
+    for confidence in ("0.0", None):
+        out = tmp_path / f"stock_{confidence}.png"
+        args = ["--config-file", config, "--input", image, "--output", str(out), "--zoom", "1"]
+        torch.manual_seed(0)  # the same random weights in each run
+        assert main(args + (["--confidence", confidence] if confidence else []) + opts) == 0
+        with Image.open(out) as im:
+            assert im.format == "PNG" and im.size == _expected_canvas((70, 90), 128, 256)
+        text = capsys.readouterr().out
+        drawn[confidence] = tuple(int(v) for v in re.search(r"(\d+) detections drawn .* of (\d+)", text).groups())
+    from detectron2.data.detection_utils import read_image
+
+    from fpn_plugin.config import load_config
+
+    torch.manual_seed(0)
+    scores = _predictor(load_config(config, opts))(read_image(image, format="BGR"))["instances"].scores
+    assert drawn["0.0"] == (len(scores), len(scores)) and len(scores) > 0  # everything drawn
+    assert drawn[None] == (int((scores >= 0.5).sum()), len(scores))  # the default keeps scores >= 0.5
+    assert drawn[None][0] < len(scores)  # and here that leaves some out
