@@ -109,7 +109,10 @@ def test_demo_on_files_and_a_folder(tmp_path, image, capsys):
 def test_export_round_trip(tmp_path, fmt, capsys):
     assert tool("export_model")(["--config-file", TINY, "--format", fmt, "--output", str(tmp_path),
                                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]) == 0
-    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {fmt} |")][0]
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith(f"| {fmt} |")][0]
+    h, w = ResizeShortestEdge.get_output_shape(256, 320, 288, 400)  # the 256x320 sample, resized as at test time
+    assert f"input {h}x{w} " in out
     diff = float(row.split("|")[3])
     # px and score units. Scripting and tracing are exact; ONNX Runtime's kernels differ from
     # PyTorch's in float rounding, which the untrained box deltas amplify to a few hundredths of a px.
