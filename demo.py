@@ -2,14 +2,59 @@
 """Detections drawn with Detectron2's Visualizer, for an image, several, or a folder.
 
     python demo.py --config-file configs/fpn_paper.yaml --input img1.jpg img2.jpg folder/ \
-        --output out_dir/ [--confidence 0.5] MODEL.WEIGHTS output/fpn_paper/model_final.pth
+        --output out_dir/ [--confidence 0.5] [--levels] [--color-by-level] \
+        MODEL.WEIGHTS output/fpn_paper/model_final.pth
+
+The model runs through Detectron2's DefaultPredictor (the test-time resize of the config), so the
+detections are the ones COCOEvaluator scores. --levels also writes out_dir/detections.json: one
+record per detection in COCO results format ("image_id" is the input's index in the order the
+images are processed, "bbox" is [x, y, w, h] in the image's pixels, "category_id" the dataset's
+id when the test dataset's metadata maps them, else the model's class index), with its
+"file_name" and its pyramid "level" (2..5: the level its RoI was pooled from).
 """
 import argparse
+import json
 import os
 import sys
 
-from fpn_plugin.checked_io import CliError, atomic_output, build_model_with_weights, image_files, read_image
+from fpn_plugin.checked_io import CliError, atomic_output, image_files, read_image
 from fpn_plugin.config import load_config
+
+
+def detection_records(instances, image_id, file_name, metadata):
+    """COCO results records of one image's detections (Instances on the CPU, with pred_levels),
+    plus each one's "file_name" and pyramid "level"."""
+    from detectron2.structures import BoxMode
+
+    to_dataset = {v: k for k, v in (metadata.get("thing_dataset_id_to_contiguous_id") or {}).items()}
+    boxes = BoxMode.convert(instances.pred_boxes.tensor, BoxMode.XYXY_ABS, BoxMode.XYWH_ABS).tolist()
+    classes = instances.pred_classes.tolist()
+    return [
+        {"image_id": image_id, "file_name": file_name, "category_id": to_dataset.get(c, c),
+         "bbox": box, "score": score, "level": level}
+        for box, c, score, level in zip(boxes, classes, instances.scores.tolist(), instances.pred_levels.tolist())
+    ]
+
+
+def draw(rgb, instances, metadata, by_level=False):
+    """The picture: Detectron2's drawing of the detections, or with ``by_level`` each box in the
+    colour of its pyramid level (fpn_plugin.visualize.LEVEL_COLOURS) and "P<level>" in its label."""
+    from detectron2.utils.visualizer import Visualizer
+
+    from fpn_plugin.visualize import LEVEL_COLOURS
+
+    visualizer = Visualizer(rgb, metadata)
+    if not by_level:
+        return visualizer.draw_instance_predictions(instances)
+    names = metadata.get("thing_classes")
+    levels = instances.pred_levels.tolist()
+    labels = [
+        f"{names[c] if names and c < len(names) else c} {score:.0%} P{level}"
+        for c, score, level in zip(instances.pred_classes.tolist(), instances.scores.tolist(), levels)
+    ]
+    colours = [tuple(v / 255 for v in LEVEL_COLOURS.get(level, (0, 0, 0))) for level in levels]
+    masks = list(instances.pred_masks.numpy()) if instances.has("pred_masks") else None
+    return visualizer.overlay_instances(boxes=instances.pred_boxes, labels=labels, masks=masks, assigned_colors=colours)
 
 
 def main(argv=None):
@@ -18,36 +63,51 @@ def main(argv=None):
     parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders")
     parser.add_argument("--output", required=True, help="folder for the drawn images")
     parser.add_argument("--confidence", type=float, default=0.5, help="minimum score to draw")
+    parser.add_argument("--levels", action="store_true",
+                        help="also write detections.json (COCO results, each with its pyramid level) to --output")
+    parser.add_argument("--color-by-level", action="store_true",
+                        help="colour each box by the pyramid level its RoI was pooled from, and label it P2..P5")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
     args = parser.parse_args(argv)
     try:
-        import torch
         import tqdm
         from detectron2.data import MetadataCatalog
-        from detectron2.utils.visualizer import Visualizer
+
+        from fpn_plugin.inference import build_predictor, record_levels
 
         cfg = load_config(args.config_file, list(args.opts) + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", args.confidence])
         paths = image_files(args.input)
-        images = [read_image(p, cfg.INPUT.FORMAT) for p in paths]  # every input checked before any work
-        model = build_model_with_weights(cfg)
-        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
-        names = set()
-        for path, image in tqdm.tqdm(list(zip(paths, images)), desc="demo", unit="image"):
-            with torch.no_grad():
-                tensor = torch.as_tensor(image.transpose(2, 0, 1).copy())
-                inst = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])[0]["instances"]
-            rgb = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
-            drawn = Visualizer(rgb, metadata).draw_instance_predictions(inst.to("cpu"))
-            name = os.path.splitext(os.path.basename(path))[0]
-            while name in names:  # two inputs with one base name keep both outputs
-                name += "_"
-            names.add(name)
-            with atomic_output(os.path.join(args.output, name + ".png")) as tmp:
-                drawn.save(tmp)
+        images = [read_image(p, "BGR") for p in paths]  # every input checked before any work
+        predictor = build_predictor(cfg)  # takes BGR and converts to INPUT.FORMAT itself
+        metadata = getattr(predictor, "metadata", None) or MetadataCatalog.get("__unused")
+        names, records, count = set(), [], 0
+        with record_levels(predictor.model) as has_levels:
+            if (args.levels or args.color_by_level) and not has_levels:
+                raise CliError(
+                    f"--levels/--color-by-level need ROI heads with a box pooler; "
+                    f"{type(predictor.model.roi_heads).__name__} has none, so its detections have no pyramid level"
+                )
+            for index, (path, image) in enumerate(tqdm.tqdm(list(zip(paths, images)), desc="demo", unit="image")):
+                inst = predictor(image)["instances"].to("cpu")
+                drawn = draw(image[:, :, ::-1], inst, metadata, by_level=args.color_by_level)
+                name = os.path.splitext(os.path.basename(path))[0]
+                while name in names:  # two inputs with one base name keep both outputs
+                    name += "_"
+                names.add(name)
+                with atomic_output(os.path.join(args.output, name + ".png")) as tmp:
+                    drawn.save(tmp)
+                count += len(inst)
+                if args.levels:
+                    records += detection_records(inst, index, path, metadata)
+        if args.levels:
+            with atomic_output(os.path.join(args.output, "detections.json")) as tmp:
+                with open(tmp, "w") as f:
+                    json.dump(records, f)
     except (CliError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {len(paths)} images to {args.output}")
+    print(f"wrote {len(paths)} images with {count} detections to {args.output}"
+          + (" and detections.json" if args.levels else ""))
     return 0
 
 

@@ -1,6 +1,6 @@
 """fpn_plugin: the FPN paper's backbone, necks and ROI heads as Detectron2 components.
 
-Detectron2 itself is not on PyPI: install it first (README, "Installing Detectron2").
+Detectron2 itself is not on PyPI: tools/setup_env.sh builds it (README, "How Detectron2 is installed").
 """
 from setuptools import find_packages, setup
 

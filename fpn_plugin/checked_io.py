@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["CliError", "read_image", "build_model_with_weights", "atomic_output", "image_files"]
+__all__ = ["CliError", "read_image", "build_model_with_weights", "load_weights_checked", "atomic_output", "image_files"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -49,24 +49,32 @@ def build_model_with_weights(cfg):
     from detectron2.modeling import build_model
 
     model = build_model(cfg).eval()
-    weights = cfg.MODEL.WEIGHTS
-    if weights:
-        if "://" not in weights and not os.path.isfile(weights):
-            raise CliError(f"weights not found: {weights} (MODEL.WEIGHTS)")
-        checkpointer = _RecordingCheckpointer(model)
-        try:
-            checkpointer.load(weights)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same user error
-            raise CliError(f"cannot read weights {weights}: {type(e).__name__}: {e}") from e
-        incompatible = checkpointer.incompatible
-        problems = [f"{k}: {tuple(a)} in the weights, {tuple(b)} in the model" for k, a, b in incompatible.incorrect_shapes]
-        problems += [f"{k}: missing from the weights" for k in incompatible.missing_keys]
-        if problems:
-            raise CliError(
-                f"weights {weights} do not fit the config ({len(problems)} tensors), e.g. "
-                + "; ".join(problems[:3])
-            )
+    load_weights_checked(model, cfg.MODEL.WEIGHTS)
     return model
+
+
+def load_weights_checked(model, weights):
+    """Load ``weights`` (a path or URL; nothing when empty) into ``model`` with Detectron2's
+    DetectionCheckpointer. Missing files, unreadable checkpoints and weights that do not fit the
+    model (mis-shaped or missing tensors) are a CliError naming the file, checked after loading,
+    since DetectionCheckpointer only logs them."""
+    if not weights:
+        return
+    if "://" not in weights and not os.path.isfile(weights):
+        raise CliError(f"weights not found: {weights} (MODEL.WEIGHTS)")
+    checkpointer = _RecordingCheckpointer(model)
+    try:
+        checkpointer.load(weights)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same user error
+        raise CliError(f"cannot read weights {weights}: {type(e).__name__}: {e}") from e
+    incompatible = checkpointer.incompatible
+    problems = [f"{k}: {tuple(a)} in the weights, {tuple(b)} in the model" for k, a, b in incompatible.incorrect_shapes]
+    problems += [f"{k}: missing from the weights" for k in incompatible.missing_keys]
+    if problems:
+        raise CliError(
+            f"weights {weights} do not fit the config ({len(problems)} tensors), e.g. "
+            + "; ".join(problems[:3])
+        )
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):

@@ -1,14 +1,13 @@
 """Pictures of the pyramid: C2..C5 and P2..P6 at their true relative scale, and the detections
-coloured by the level their RoI was pooled from (Eq. 1)."""
+coloured by the level their RoI was pooled from (Eq. 1). Works on the plugin's models and on
+Detectron2's own FPN detectors alike."""
 from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
-from detectron2.data.transforms import ResizeShortestEdge
-from detectron2.modeling.postprocessing import detector_postprocess
 from PIL import Image, ImageDraw
 
-from .necks import PyramidNeck
+from .inference import record_levels
 
 __all__ = ["LEVEL_COLOURS", "pyramid_forward", "render_pyramid", "pyramid_canvas_size"]
 
@@ -18,31 +17,41 @@ _GAP, _LABEL = 6, 14  # px between panels, px of label text above each panel
 
 
 @torch.no_grad()
-def pyramid_forward(model, image_bgr: np.ndarray, min_size: int = 0, max_size: int = 0):
-    """Run ``model`` (GeneralizedRCNN with a :class:`PyramidNeck` backbone and a level pooler)
-    on one (H, W, 3) uint8 image in the model's input format, resized as at test time
-    (shorter side to ``min_size``, longer at most ``max_size``; 0 keeps the size).
+def pyramid_forward(predictor, image_bgr: np.ndarray):
+    """Run ``predictor`` (Detectron2's ``DefaultPredictor``, e.g. from
+    :func:`fpn_plugin.inference.build_predictor`) on one (H, W, 3) uint8 BGR image, exactly as
+    it runs at test time, and keep the maps its backbone computed on the way. The backbone may be
+    any FPN with a bottom-up network at ``backbone.bottom_up``: the plugin's necks or
+    Detectron2's ``FPN`` (stock ``faster_rcnn_R_50_FPN_*`` / ``mask_rcnn_R_50_FPN_*`` models).
 
-    Returns (bottom-up maps by name, pyramid maps by name, Instances in image pixels,
-    (R,) int64 level each detection's RoI was pooled from). Maps are (1, C, H/s, W/s).
+    Returns (bottom-up maps by name, pyramid maps by name, Instances in image pixels on the CPU).
+    Maps are (1, C, H/s, W/s) at the test-time input scale, on the CPU. The Instances carry
+    ``pred_levels`` (see :func:`fpn_plugin.inference.record_levels`): the plugin's Eq. 1 levels
+    for its ROI heads, Detectron2's own rule (``assign_boxes_to_levels``) for its ROIPooler,
+    computed on the proposal each box was regressed from.
     """
-    if not isinstance(model.backbone, PyramidNeck):
-        raise TypeError(f"the backbone must be a fpn_plugin PyramidNeck, got {type(model.backbone).__name__}")
-    h, w = image_bgr.shape[:2]
-    if min_size:
-        image_bgr = ResizeShortestEdge(min_size, max_size or 10 ** 9).get_transform(image_bgr).apply_image(image_bgr)
-    images = model.preprocess_image([{"image": torch.as_tensor(image_bgr.transpose(2, 0, 1).copy())}])
-    bottom_up = model.backbone.bottom_up(images.tensor)
-    pyramid = model.backbone.pyramid(bottom_up)
-    proposals, _ = model.proposal_generator(images, pyramid, None)
-    heads = model.roi_heads
-    boxes = [p.proposal_boxes for p in proposals]
-    pooled = heads.box_pooler([pyramid[f] for f in heads.box_in_features], boxes)
-    instances, kept = heads.box_predictor.inference(heads.box_predictor(heads.box_head(pooled)), proposals)
-    levels = heads.box_pooler.levels(boxes)[kept[0]] if hasattr(heads.box_pooler, "levels") else None
-    inst = detector_postprocess(instances[0], h, w)
-    bu = {k: v for k, v in bottom_up.items() if k in model.backbone.in_features}
-    return bu, pyramid, inst, levels
+    model = predictor.model
+    bottom_up = getattr(model.backbone, "bottom_up", None)
+    if not isinstance(bottom_up, torch.nn.Module):
+        raise TypeError(
+            f"the backbone must be an FPN with a bottom-up network (backbone.bottom_up), "
+            f"got {type(model.backbone).__name__}"
+        )
+    seen = {}
+    hooks = [
+        bottom_up.register_forward_hook(lambda module, inputs, out: seen.setdefault("bottom_up", out)),
+        model.backbone.register_forward_hook(lambda module, inputs, out: seen.setdefault("pyramid", out)),
+    ]
+    try:
+        with record_levels(model):
+            instances = predictor(image_bgr)["instances"].to("cpu")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    in_features = getattr(model.backbone, "in_features", None) or list(seen["bottom_up"])
+    bu = {k: v.cpu() for k, v in seen["bottom_up"].items() if k in in_features}
+    pyramid = {k: v.cpu() for k, v in seen["pyramid"].items()}
+    return bu, pyramid, instances
 
 
 def _summary(fmap: torch.Tensor) -> np.ndarray:

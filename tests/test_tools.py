@@ -3,6 +3,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -108,7 +109,10 @@ def test_demo_on_files_and_a_folder(tmp_path, image, capsys):
 def test_export_round_trip(tmp_path, fmt, capsys):
     assert tool("export_model")(["--config-file", TINY, "--format", fmt, "--output", str(tmp_path),
                                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]) == 0
-    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {fmt} |")][0]
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith(f"| {fmt} |")][0]
+    h, w = ResizeShortestEdge.get_output_shape(256, 320, 288, 400)  # the 256x320 sample, resized as at test time
+    assert f"input {h}x{w} " in out
     diff = float(row.split("|")[3])
     # px and score units. Scripting and tracing are exact; ONNX Runtime's kernels differ from
     # PyTorch's in float rounding, which the untrained box deltas amplify to a few hundredths of a px.
@@ -136,3 +140,207 @@ def test_model_analysis_covers_every_neck_and_width(tmp_path, capsys, make_cfg):
     assert data["256 (paper)"]["neck"]["params"] == direct
     assert data["128 outputs"]["neck"]["params"] < direct
     assert all(v["total"]["gflops"] > 0 for v in data.values())
+
+
+def _predictor(cfg):
+    """Detectron2's own DefaultPredictor, built here without any fpn_plugin helper."""
+    from detectron2.engine import DefaultPredictor
+
+    return DefaultPredictor(cfg)
+
+
+def _random_weights(tmp_path, *opts):
+    from fpn_plugin.config import load_config
+
+    path = tmp_path / "random.pth"
+    torch.save({"model": build_model(load_config(TINY, list(opts))).state_dict()}, path)
+    return str(path)
+
+
+def test_demo_detections_are_default_predictors(tmp_path, image, capsys):
+    """On an image of another size than the test size, the demo's detections (its
+    detections.json) are DefaultPredictor's: same boxes, scores and classes, in order."""
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.detection_utils import read_image
+
+    from fpn_plugin.config import load_config
+
+    opts = ["MODEL.WEIGHTS", _random_weights(tmp_path), "TEST.DETECTIONS_PER_IMAGE", "30"]
+    out = tmp_path / "drawn"
+    assert tool("demo")(["--config-file", TINY, "--input", image, "--output", str(out), "--confidence", "0.0",
+                         "--levels"] + opts) == 0
+    records = json.loads((out / "detections.json").read_text())
+    cfg = load_config(TINY, opts + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+    bgr = read_image(image, format="BGR")
+    expected = _predictor(cfg)(bgr)["instances"]
+    assert len(records) == len(expected) > 0
+    assert f"with {len(records)} detections" in capsys.readouterr().out  # as many as were drawn
+    xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in records)])
+    torch.testing.assert_close(xyxy, expected.pred_boxes.tensor, rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.tensor([r["score"] for r in records]), expected.scores, rtol=0, atol=1e-6)
+    mapping = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_dataset_id_to_contiguous_id") or {}
+    to_dataset = {v: k for k, v in mapping.items()}
+    assert [r["category_id"] for r in records] == [to_dataset.get(c, c) for c in expected.pred_classes.tolist()]
+    assert {r["image_id"] for r in records} == {0} and {r["file_name"] for r in records} == {image}
+    assert all(isinstance(r["level"], int) and 2 <= r["level"] <= 5 for r in records)
+    assert all(r["bbox"][2] >= 0 and r["bbox"][3] >= 0 for r in records)
+    # The resize is what makes them equal: the image fed at its own size (the old demo) differs.
+    model = _predictor(cfg).model
+    with torch.no_grad():
+        unresized = model([{"image": torch.as_tensor(bgr.transpose(2, 0, 1).copy()), "height": 70, "width": 90}])
+    boxes = unresized[0]["instances"].pred_boxes.tensor
+    assert boxes.shape != expected.pred_boxes.tensor.shape or not torch.allclose(boxes, expected.pred_boxes.tensor)
+
+
+def test_demo_levels_file_covers_every_image_and_colour_by_level_draws(tmp_path, image, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    Image.open(image).resize((120, 60)).save(folder / "b.png")
+    Image.open(image).save(folder / "a.png")
+    plain, coloured = tmp_path / "plain", tmp_path / "coloured"
+    args = ["--config-file", TINY, "--input", str(folder), "--confidence", "0.0", "--levels"]
+    opts = ["MODEL.WEIGHTS", _random_weights(tmp_path), "TEST.DETECTIONS_PER_IMAGE", "10"]
+    assert tool("demo")(args + ["--output", str(plain)] + opts) == 0
+    assert tool("demo")(args + ["--output", str(coloured), "--color-by-level"] + opts) == 0
+    records = json.loads((plain / "detections.json").read_text())
+    assert records == json.loads((coloured / "detections.json").read_text())
+    assert [r["file_name"] for r in records] == sorted(r["file_name"] for r in records)
+    by_image = {i: [r for r in records if r["image_id"] == i] for i in (0, 1)}
+    assert len(by_image[0]) == len(by_image[1]) == 10 and len(records) == 20
+    assert {r["file_name"] for r in by_image[1]} == {str(folder / "b.png")}
+    with Image.open(plain / "b.png") as a, Image.open(coloured / "b.png") as b:
+        assert a.size == b.size == (120, 60)
+        assert not np.array_equal(np.asarray(a), np.asarray(b))  # the colours follow the levels
+    assert sorted(os.listdir(coloured)) == ["a.png", "b.png", "detections.json"]
+
+
+def test_demo_without_levels_writes_no_levels_file(tmp_path, image):
+    out = tmp_path / "drawn"
+    assert tool("demo")(["--config-file", TINY, "--input", image, "--output", str(out)]) == 0
+    assert os.listdir(out) == ["img.png"]
+
+
+def _edge_proposals(size, boxes):
+    from detectron2.structures import Boxes, Instances
+
+    inst = Instances((size, size))
+    inst.proposal_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    inst.objectness_logits = torch.zeros(len(boxes))
+    return inst
+
+
+@pytest.mark.parametrize("heads", ["FPNPaperROIHeads", "StandardROIHeads"])
+def test_levels_at_the_bin_edges_per_image_of_a_batch(make_cfg, heads):
+    """Each detection's level is the Eq. 1 level of the proposal it was regressed from, at the
+    bin edges 112, 224, 448 px, for each image of a batch, and for an image with no proposals.
+    StandardROIHeads is Detectron2's own (plain ROIPooler, its assign_boxes_to_levels)."""
+    from detectron2.structures import Boxes, pairwise_iou
+
+    from fpn_plugin.inference import record_levels
+
+    cfg = make_cfg("fpn_paper.yaml", "MODEL.ROI_HEADS.NAME", heads, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
+    model = build_model(cfg).eval()
+    sides = [111.9, 112.0, 223.9, 224.0, 447.9, 448.0]
+    expected = [2, 3, 3, 4, 4, 5]
+    corners = [(10, 10), (140, 10), (270, 10), (510, 10), (10, 500), (480, 500)]
+    first = [[x, y, x + s, y + s] for (x, y), s in zip(corners, sides)]
+    second = first[::-1][1:]  # another order and count: levels must follow each image's proposals
+    size = 1000
+    features = {f"p{k}": torch.randn(3, 256, size // 2 ** k, size // 2 ** k) for k in (2, 3, 4, 5, 6)}
+    proposals = [_edge_proposals(size, first), _edge_proposals(size, second), _edge_proposals(size, [])]
+    with torch.no_grad(), record_levels(model) as supported:
+        results, _ = model.roi_heads(None, features, proposals)
+    assert supported
+    for result, boxes, levels in zip(results, (first, second), (expected, expected[::-1][1:])):
+        assert len(result) > 0 and result.pred_levels.dtype == torch.int64
+        # the untrained box regressor barely moves a box: its proposal is the one it overlaps most
+        source = pairwise_iou(result.pred_boxes, Boxes(torch.tensor(boxes))).argmax(1)
+        assert torch.equal(result.pred_levels, torch.tensor(levels)[source])
+    assert len(results[2]) == 0 and results[2].pred_levels.shape == (0,)
+
+
+def test_levels_survive_postprocessing_and_empty_outputs(tmp_path, image):
+    """Through DefaultPredictor (resize, post-processing back to image pixels) every output
+    carries one level per detection, also when nothing passes the score threshold."""
+    from detectron2.data.detection_utils import read_image
+
+    from fpn_plugin.config import load_config
+    from fpn_plugin.inference import record_levels
+
+    bgr = read_image(image, format="BGR")
+    for thresh, nonempty in ((0.0, True), (1.0, False)):
+        predictor = _predictor(load_config(TINY, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", thresh]))
+        with record_levels(predictor.model):
+            inst = predictor(bgr)["instances"]
+        assert (len(inst) > 0) == nonempty
+        assert inst.pred_levels.shape == (len(inst),) and inst.pred_levels.dtype == torch.int64
+    assert "inference" not in predictor.model.roi_heads.box_predictor.__dict__  # restored
+
+
+def test_plugin_roi_heads_set_pred_levels_themselves(image):
+    """FPNPaperROIHeads' outputs carry pred_levels with no help from the tools: the Eq. 1 level
+    of the proposal each detection was regressed from."""
+    from detectron2.data.detection_utils import read_image
+
+    from fpn_plugin.config import load_config
+    from fpn_plugin.inference import pooler_levels, test_time_resize
+
+    cfg = load_config(TINY, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+    bgr = read_image(image, format="BGR")
+    predictor = _predictor(cfg)
+    own = predictor(bgr)["instances"]
+    assert len(own) > 0 and own.has("pred_levels") and own.pred_levels.shape == (len(own),)
+    model, recorded = predictor.model, {}
+    original = model.roi_heads.box_predictor.inference
+
+    def spy(predictions, proposals):  # the reference: levels of the kept proposals
+        results, kept = original(predictions, proposals)
+        recorded["levels"] = pooler_levels(model.roi_heads.box_pooler, [proposals[0].proposal_boxes])[kept[0]]
+        return results, kept
+
+    model.roi_heads.box_predictor.inference = spy
+    try:
+        resized = test_time_resize(cfg).get_transform(bgr).apply_image(bgr)
+        with torch.no_grad():
+            raw = model.inference([{"image": torch.as_tensor(resized.transpose(2, 0, 1).copy())}],
+                                  do_postprocess=False)[0]
+    finally:
+        del model.roi_heads.box_predictor.inference
+    assert torch.equal(raw.pred_levels, recorded["levels"])
+
+
+def _expected_canvas(image_hw, min_size, max_size, zoom=1):
+    h, w = ResizeShortestEdge.get_output_shape(*image_hw, min_size, max_size)
+    ph, pw = (math.ceil(v / 32) * 32 for v in (h, w))
+    maps = lambda strides: [(math.ceil(ph / s), math.ceil(pw / s)) for s in strides]  # noqa: E731
+    return pyramid_canvas_size(image_hw, [maps([4, 8, 16, 32]), maps([4, 8, 16, 32, 64])], zoom=zoom)
+
+
+def test_pyramid_picture_of_a_stock_detectron2_model(tmp_path, image, capsys):
+    """Detectron2's own faster_rcnn_R_50_FPN_1x (its FPN backbone and StandardROIHeads, random
+    weights) gives the picture too, and --confidence decides what is drawn."""
+    from detectron2 import model_zoo
+
+    config = model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")
+    opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "256",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MODEL.RPN.POST_NMS_TOPK_TEST", "100"]
+    main = tool("visualize_pyramid")
+    drawn = {}
+    for confidence in ("0.0", None):
+        out = tmp_path / f"stock_{confidence}.png"
+        args = ["--config-file", config, "--input", image, "--output", str(out), "--zoom", "1"]
+        torch.manual_seed(0)  # the same random weights in each run
+        assert main(args + (["--confidence", confidence] if confidence else []) + opts) == 0
+        with Image.open(out) as im:
+            assert im.format == "PNG" and im.size == _expected_canvas((70, 90), 128, 256)
+        text = capsys.readouterr().out
+        drawn[confidence] = tuple(int(v) for v in re.search(r"(\d+) detections drawn .* of (\d+)", text).groups())
+    from detectron2.data.detection_utils import read_image
+
+    from fpn_plugin.config import load_config
+
+    torch.manual_seed(0)
+    scores = _predictor(load_config(config, opts))(read_image(image, format="BGR"))["instances"].scores
+    assert drawn["0.0"] == (len(scores), len(scores)) and len(scores) > 0  # everything drawn
+    assert drawn[None] == (int((scores >= 0.5).sum()), len(scores))  # the default keeps scores >= 0.5
+    assert drawn[None][0] < len(scores)  # and here that leaves some out

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Export a plugin model to TorchScript (scripting, tracing) and ONNX, and check each export's
-outputs against eager PyTorch on the same input.
+outputs against eager PyTorch on the same input, resized to the config's test-time size.
 
     python tools/export_model.py --config-file configs/fpn_paper.yaml [--format torchscript tracing onnx] \
         [--sample-image img.jpg] --output exported/ MODEL.WEIGHTS model_final.pth
@@ -27,6 +27,7 @@ def main(argv=None):
         import torch
 
         from fpn_plugin import export
+        from fpn_plugin.inference import test_time_resize
 
         cfg = load_config(args.config_file, args.opts)
         cfg.defrost()
@@ -35,9 +36,13 @@ def main(argv=None):
         # default (fp32) model, which has the same weights.
         cfg.MODEL.FPN_PAPER.FAST.CHANNELS_LAST, cfg.MODEL.FPN_PAPER.FAST.AUTOCAST = False, ""
         if args.sample_image:
-            image = torch.as_tensor(read_image(args.sample_image, cfg.INPUT.FORMAT).transpose(2, 0, 1).copy()).float()
+            array = read_image(args.sample_image, cfg.INPUT.FORMAT)
         else:
-            image = torch.randint(0, 256, (3, 256, 320), generator=torch.Generator().manual_seed(0)).float()
+            array = torch.randint(0, 256, (256, 320, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).numpy()
+        # Eager and exported models both see the input at the config's test-time size, as the
+        # test loader and DefaultPredictor feed it.
+        array = test_time_resize(cfg).get_transform(array).apply_image(array)
+        image = torch.as_tensor(array.transpose(2, 0, 1).copy()).float()
         model = build_model_with_weights(cfg)
         rows = []
         for fmt in args.format:
@@ -52,6 +57,7 @@ def main(argv=None):
     except (CliError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"input {image.shape[1]}x{image.shape[2]} (the config's test-time size)")
     print("| format | file | max abs diff vs eager |\n|---|---|---|")
     for fmt, path, diff in rows:
         print(f"| {fmt} | {path} | {diff:.3g} |")
