@@ -73,7 +73,8 @@ def main(argv=None):
         import tqdm
         from detectron2.data import MetadataCatalog
 
-        from fpn_plugin.inference import build_predictor, record_levels
+        from fpn_plugin.inference import build_predictor
+        from fpn_plugin.roi_heads import FPNPaperROIHeads
 
         cfg = load_config(args.config_file, list(args.opts) + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", args.confidence])
         paths = image_files(args.input)
@@ -81,24 +82,23 @@ def main(argv=None):
         predictor = build_predictor(cfg)  # takes BGR and converts to INPUT.FORMAT itself
         metadata = getattr(predictor, "metadata", None) or MetadataCatalog.get("__unused")
         names, records, count = set(), [], 0
-        with record_levels(predictor.model) as has_levels:
-            if (args.levels or args.color_by_level) and not has_levels:
-                raise CliError(
-                    f"--levels/--color-by-level need ROI heads with a box pooler; "
-                    f"{type(predictor.model.roi_heads).__name__} has none, so its detections have no pyramid level"
-                )
-            for index, (path, image) in enumerate(tqdm.tqdm(list(zip(paths, images)), desc="demo", unit="image")):
-                inst = predictor(image)["instances"].to("cpu")
-                drawn = draw(image[:, :, ::-1], inst, metadata, by_level=args.color_by_level)
-                name = os.path.splitext(os.path.basename(path))[0]
-                while name in names:  # two inputs with one base name keep both outputs
-                    name += "_"
-                names.add(name)
-                with atomic_output(os.path.join(args.output, name + ".png")) as tmp:
-                    drawn.save(tmp)
-                count += len(inst)
-                if args.levels:
-                    records += detection_records(inst, index, path, metadata)
+        if (args.levels or args.color_by_level) and not isinstance(predictor.model.roi_heads, FPNPaperROIHeads):
+            raise CliError(
+                f"--levels/--color-by-level need the plugin's ROI heads (MODEL.ROI_HEADS.NAME: FPNPaperROIHeads), "
+                f"whose detections carry their pyramid level; {type(predictor.model.roi_heads).__name__} has none"
+            )
+        for index, (path, image) in enumerate(tqdm.tqdm(list(zip(paths, images)), desc="demo", unit="image")):
+            inst = predictor(image)["instances"].to("cpu")
+            drawn = draw(image[:, :, ::-1], inst, metadata, by_level=args.color_by_level)
+            name = os.path.splitext(os.path.basename(path))[0]
+            while name in names:  # two inputs with one base name keep both outputs
+                name += "_"
+            names.add(name)
+            with atomic_output(os.path.join(args.output, name + ".png")) as tmp:
+                drawn.save(tmp)
+            count += len(inst)
+            if args.levels:
+                records += detection_records(inst, index, path, metadata)
         if args.levels:
             with atomic_output(os.path.join(args.output, "detections.json")) as tmp:
                 with open(tmp, "w") as f:

@@ -7,7 +7,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .inference import record_levels
+from detectron2.modeling.postprocessing import detector_postprocess
+
+from .inference import pooler_levels
 
 __all__ = ["LEVEL_COLOURS", "pyramid_forward", "render_pyramid", "pyramid_canvas_size"]
 
@@ -26,9 +28,9 @@ def pyramid_forward(predictor, image_bgr: np.ndarray):
 
     Returns (bottom-up maps by name, pyramid maps by name, Instances in image pixels on the CPU).
     Maps are (1, C, H/s, W/s) at the test-time input scale, on the CPU. The Instances carry
-    ``pred_levels`` (see :func:`fpn_plugin.inference.record_levels`): the plugin's Eq. 1 levels
-    for its ROI heads, Detectron2's own rule (``assign_boxes_to_levels``) for its ROIPooler,
-    computed on the proposal each box was regressed from.
+    ``pred_levels``, the level of the proposal each box was regressed from: set by the plugin's
+    ROI heads (Eq. 1 with its settings); for Detectron2's own heads, found by Detectron2's rule
+    (``assign_boxes_to_levels``) from the proposals and box predictions the forward made.
     """
     model = predictor.model
     bottom_up = getattr(model.backbone, "bottom_up", None)
@@ -38,20 +40,39 @@ def pyramid_forward(predictor, image_bgr: np.ndarray):
             f"got {type(model.backbone).__name__}"
         )
     seen = {}
-    hooks = [
-        bottom_up.register_forward_hook(lambda module, inputs, out: seen.setdefault("bottom_up", out)),
-        model.backbone.register_forward_hook(lambda module, inputs, out: seen.setdefault("pyramid", out)),
-    ]
+
+    def keep(name, index=None):
+        def hook(module, inputs, out):  # records the first output, returns nothing: output unchanged
+            seen.setdefault(name, out if index is None else out[index])
+        return hook
+
+    watched = [(bottom_up, "bottom_up", None), (model.backbone, "pyramid", None),
+               (getattr(model, "proposal_generator", None), "proposals", 0),
+               (getattr(getattr(model, "roi_heads", None), "box_predictor", None), "predictions", None)]
+    hooks = [m.register_forward_hook(keep(name, index)) for m, name, index in watched if m is not None]
     try:
-        with record_levels(model):
-            instances = predictor(image_bgr)["instances"].to("cpu")
+        instances = predictor(image_bgr)["instances"]
     finally:
         for hook in hooks:
             hook.remove()
+    if not instances.has("pred_levels") and {"proposals", "predictions"} <= set(seen):
+        instances = _with_stock_levels(model, seen, image_bgr.shape[:2])
+    instances = instances.to("cpu")
     in_features = getattr(model.backbone, "in_features", None) or list(seen["bottom_up"])
     bu = {k: v.cpu() for k, v in seen["bottom_up"].items() if k in in_features}
     pyramid = {k: v.cpu() for k, v in seen["pyramid"].items()}
     return bu, pyramid, instances
+
+
+def _with_stock_levels(model, seen, image_hw):
+    """The detections of a Detectron2 model whose heads do not set ``pred_levels``, rebuilt from
+    the proposals and box predictions its forward made by the same ``inference`` and
+    post-processing, with each detection's level by the model's own pooler rule."""
+    heads = model.roi_heads
+    results, kept = heads.box_predictor.inference(seen["predictions"], seen["proposals"])
+    result = results[0]
+    result.pred_levels = pooler_levels(heads.box_pooler, [seen["proposals"][0].proposal_boxes])[kept[0]]
+    return detector_postprocess(result, *image_hw)
 
 
 def _summary(fmap: torch.Tensor) -> np.ndarray:

@@ -229,16 +229,12 @@ def _edge_proposals(size, boxes):
     return inst
 
 
-@pytest.mark.parametrize("heads", ["FPNPaperROIHeads", "StandardROIHeads"])
-def test_levels_at_the_bin_edges_per_image_of_a_batch(make_cfg, heads):
+def test_levels_at_the_bin_edges_per_image_of_a_batch(make_cfg):
     """Each detection's level is the Eq. 1 level of the proposal it was regressed from, at the
-    bin edges 112, 224, 448 px, for each image of a batch, and for an image with no proposals.
-    StandardROIHeads is Detectron2's own (plain ROIPooler, its assign_boxes_to_levels)."""
+    bin edges 112, 224, 448 px, for each image of a batch, and for an image with no proposals."""
     from detectron2.structures import Boxes, pairwise_iou
 
-    from fpn_plugin.inference import record_levels
-
-    cfg = make_cfg("fpn_paper.yaml", "MODEL.ROI_HEADS.NAME", heads, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
+    cfg = make_cfg("fpn_paper.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
     model = build_model(cfg).eval()
     sides = [111.9, 112.0, 223.9, 224.0, 447.9, 448.0]
     expected = [2, 3, 3, 4, 4, 5]
@@ -248,9 +244,8 @@ def test_levels_at_the_bin_edges_per_image_of_a_batch(make_cfg, heads):
     size = 1000
     features = {f"p{k}": torch.randn(3, 256, size // 2 ** k, size // 2 ** k) for k in (2, 3, 4, 5, 6)}
     proposals = [_edge_proposals(size, first), _edge_proposals(size, second), _edge_proposals(size, [])]
-    with torch.no_grad(), record_levels(model) as supported:
+    with torch.no_grad():
         results, _ = model.roi_heads(None, features, proposals)
-    assert supported
     for result, boxes, levels in zip(results, (first, second), (expected, expected[::-1][1:])):
         assert len(result) > 0 and result.pred_levels.dtype == torch.int64
         # the untrained box regressor barely moves a box: its proposal is the one it overlaps most
@@ -265,16 +260,12 @@ def test_levels_survive_postprocessing_and_empty_outputs(tmp_path, image):
     from detectron2.data.detection_utils import read_image
 
     from fpn_plugin.config import load_config
-    from fpn_plugin.inference import record_levels
 
     bgr = read_image(image, format="BGR")
     for thresh, nonempty in ((0.0, True), (1.0, False)):
-        predictor = _predictor(load_config(TINY, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", thresh]))
-        with record_levels(predictor.model):
-            inst = predictor(bgr)["instances"]
+        inst = _predictor(load_config(TINY, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", thresh]))(bgr)["instances"]
         assert (len(inst) > 0) == nonempty
         assert inst.pred_levels.shape == (len(inst),) and inst.pred_levels.dtype == torch.int64
-    assert "inference" not in predictor.model.roi_heads.box_predictor.__dict__  # restored
 
 
 def test_plugin_roi_heads_set_pred_levels_themselves(image):
