@@ -8,7 +8,7 @@ import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
@@ -30,6 +30,8 @@ class Trainer(DefaultTrainer):
     The one difference is the DDP wrapper: Detectron2 pins it to the local GPU
     (``device_ids=[local_rank]``), which DDP refuses for a CPU model, so on ``MODEL.DEVICE: cpu``
     the same ``create_ddp_model`` gets ``device_ids=None`` and gradients are averaged over gloo.
+
+    Metrics are written at least once per checkpoint period (:meth:`build_hooks`).
     """
 
     def __init__(self, cfg):
@@ -48,6 +50,21 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_writers(self):
+        self._writers = super().build_writers()  # kept for build_hooks
+        return self._writers
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks, with the metrics writers (``metrics.json``, the log,
+        TensorBoard) run every min(20, CHECKPOINT_PERIOD) iterations instead of every 20, so a
+        short run still logs at each checkpoint and a killed one has metrics up to its last
+        checkpoint. CHECKPOINT_PERIOD >= 20 changes nothing."""
+        period = min(20, self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        return [
+            hooks.PeriodicWriter(self._writers, period=period) if isinstance(h, hooks.PeriodicWriter) else h
+            for h in super().build_hooks()
+        ]
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
