@@ -340,6 +340,7 @@ def build_neck(cfg, bottom_up: Backbone) -> PyramidNeck:
     neck = NECK_REGISTRY.get(name)(cfg, bottom_up)
     fast = cfg.MODEL.FPN_PAPER.FAST
     check_choice(fast.AUTOCAST, list(AUTOCAST_DTYPES), "MODEL.FPN_PAPER.FAST.AUTOCAST")
+    check_choice(fast.CHANNELS_LAST, [False, True], "MODEL.FPN_PAPER.FAST.CHANNELS_LAST")
     neck.set_fast_path(channels_last=bool(fast.CHANNELS_LAST), autocast=fast.AUTOCAST)
     logger.info("Neck %s: outputs (channels, stride) %s", name, {k: (v.channels, v.stride) for k, v in neck.output_shape().items()})
     return neck

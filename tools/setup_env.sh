@@ -35,7 +35,7 @@ if ! "$PY" -c 'import detectron2, detectron2._C' 2>/dev/null; then
 MSG
   exit 1
 fi
-"$PY" -m pip install "${quiet[@]}" -c "$constraints" pytest opencv-python-headless onnx onnxruntime
+"$PY" -m pip install "${quiet[@]}" -c "$constraints" pytest hypothesis opencv-python-headless onnx onnxruntime
 "$PY" -m pip install "${quiet[@]}" -c "$constraints" --no-build-isolation --no-deps -e .
 "$PY" -m pip install "${quiet[@]}" -c "$constraints" "setuptools>=77.0.3,<81"  # re-pin if moved
 echo "[setup] ready: torch $installed_torch, $("$PY" -c 'import detectron2; print("detectron2", detectron2.__version__)')"
