@@ -13,5 +13,5 @@ setup(
     # torch, torchvision and detectron2 are deliberately not listed: pip must never replace the
     # torch that Detectron2's compiled extension was built against.
     install_requires=["numpy", "Pillow", "pycocotools>=2.0.2"],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "hypothesis"]},
 )

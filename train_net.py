@@ -5,12 +5,17 @@
     python train_net.py --config-file configs/fpn_paper.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
     python train_net.py --config-file configs/fpn_paper.yaml --resume
     python train_net.py --config-file configs/fpn_paper.yaml --num-gpus 8  (or N CPU processes)
+
+Checkpoints are written atomically; --resume steps past one it cannot read (README, "When a run
+is interrupted"). A MODEL.WEIGHTS file that cannot be read stops the job with one line naming it.
 """
-from detectron2.checkpoint import DetectionCheckpointer
+import sys
+
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from fpn_plugin.checkpoint import AtomicCheckpointer, UnreadableCheckpointError
 from fpn_plugin.config import load_config
 from fpn_plugin.engine import Trainer
 
@@ -24,14 +29,23 @@ def setup(args):
     return cfg
 
 
+def load_or_exit(resume_or_load, *args, **kwargs):
+    """Load weights or resume; a checkpoint that cannot be read ends the job with one line naming it."""
+    try:
+        resume_or_load(*args, **kwargs)
+    except UnreadableCheckpointError as e:
+        sys.exit(f"train_net.py: {e}")
+
+
 def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        load_or_exit(checkpointer.resume_or_load, cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    load_or_exit(trainer.resume_or_load, resume=args.resume)
     return trainer.train()
 
 

@@ -20,9 +20,10 @@ def build_resnet_fpn_paper_backbone(cfg, input_shape: ShapeSpec):
     """
     fast = cfg.MODEL.FPN_PAPER.FAST
     check_choice(fast.AUTOCAST, list(AUTOCAST_DTYPES), "MODEL.FPN_PAPER.FAST.AUTOCAST")
+    check_choice(fast.CHANNELS_LAST, [False, True], "MODEL.FPN_PAPER.FAST.CHANNELS_LAST")
     neck = build_neck(cfg, build_resnet_backbone(cfg, input_shape))
     check_rpn_fits(cfg, list(neck.output_shape()))
-    return enable_fast_path(neck, channels_last=bool(fast.CHANNELS_LAST), autocast=fast.AUTOCAST)
+    return enable_fast_path(neck, channels_last=fast.CHANNELS_LAST, autocast=fast.AUTOCAST)
 
 
 def check_rpn_fits(cfg, levels):

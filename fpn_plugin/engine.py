@@ -1,17 +1,18 @@
 """The trainer of the plugin's jobs: Detectron2's DefaultTrainer with COCOEvaluator, the checked
-data path, ``eval_results.json`` written by :meth:`Trainer.test`, and DDP on CPU (gloo).
+data path, ``eval_results.json`` written by :meth:`Trainer.test`, DDP on CPU (gloo), and
+checkpoints that survive a kill (:class:`fpn_plugin.checkpoint.AtomicCheckpointer`).
 """
 import json
 import logging
 import os
 import weakref
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
+from .checkpoint import AtomicCheckpointer
 from .data import check_has_masks, check_proposal_files, sanitize_annotations
 from .data.mapper import CheckedDatasetMapper
 
@@ -30,6 +31,11 @@ class Trainer(DefaultTrainer):
     The one difference is the DDP wrapper: Detectron2 pins it to the local GPU
     (``device_ids=[local_rank]``), which DDP refuses for a CPU model, so on ``MODEL.DEVICE: cpu``
     the same ``create_ddp_model`` gets ``device_ids=None`` and gradients are averaged over gloo.
+
+    For runs that get killed: checkpoints are written atomically and ``--resume`` steps past one
+    it cannot read (:class:`~fpn_plugin.checkpoint.AtomicCheckpointer`), and metrics are written
+    at least once per checkpoint period, so ``metrics.json`` reaches the checkpoint a resume
+    starts from.
     """
 
     def __init__(self, cfg):
@@ -43,11 +49,35 @@ class Trainer(DefaultTrainer):
         loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = loop(model, data_loader, optimizer)  # the attribute DefaultTrainer steps
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """DefaultTrainer.resume_or_load, except that the iteration counter continues only when
+        a checkpoint of OUTPUT_DIR was actually loaded: when every one is unreadable the run
+        starts from MODEL.WEIGHTS at iteration 0 (DefaultTrainer's test, the mere presence of
+        ``last_checkpoint``, would make that iteration 1)."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if self.checkpointer.resumed_from:
+            self.start_iter = self.iter + 1  # the checkpoint holds the iteration that finished
+
+    def build_writers(self):
+        self._writers = super().build_writers()  # kept for build_hooks
+        return self._writers
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks, with the metrics writers (``metrics.json``, the log,
+        TensorBoard) run every min(20, CHECKPOINT_PERIOD) iterations instead of every 20, so a
+        short run still logs at each checkpoint and a killed one has metrics up to its last
+        checkpoint. CHECKPOINT_PERIOD >= 20 changes nothing."""
+        period = min(20, self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        return [
+            hooks.PeriodicWriter(self._writers, period=period) if isinstance(h, hooks.PeriodicWriter) else h
+            for h in super().build_hooks()
+        ]
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

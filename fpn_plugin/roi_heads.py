@@ -1,5 +1,6 @@
 """ROI heads that pool every RoI from the pyramid level Eq. 1 names, for boxes and masks alike."""
 import logging
+import math
 from typing import Dict, List
 
 import torch
@@ -139,7 +140,7 @@ def check_roi_config(cfg, input_shape):
             f"{levels[0]}..{levels[-1]} (MODEL.ROI_HEADS.IN_FEATURES={in_features})"
         )
     size = cfg.MODEL.FPN_PAPER.CANONICAL_SIZE
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or not size > 0 or size == float("inf"):
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not _positive_finite(size):
         raise ValueError(f"MODEL.FPN_PAPER.CANONICAL_SIZE={size!r} must be a positive number of pixels")
     check_choice(cfg.MODEL.FPN_PAPER.LEVEL_ROUNDING, LEVEL_ROUNDINGS, "MODEL.FPN_PAPER.LEVEL_ROUNDING")
     heads = ["ROI_BOX_HEAD"] + ["ROI_MASK_HEAD"] * cfg.MODEL.MASK_ON + ["ROI_KEYPOINT_HEAD"] * cfg.MODEL.KEYPOINT_ON
@@ -147,3 +148,11 @@ def check_roi_config(cfg, input_shape):
         pooler_type = cfg.MODEL[head].POOLER_TYPE
         if pooler_type or head == "ROI_BOX_HEAD":  # mask/keypoint heads may pool nothing ("")
             check_choice(pooler_type, POOLER_TYPES, f"MODEL.{head}.POOLER_TYPE")
+
+
+def _positive_finite(x) -> bool:
+    """0 < x < inf (NaN, inf and ints too large for a float are not sizes)."""
+    try:
+        return 0 < float(x) < math.inf
+    except OverflowError:
+        return False
