@@ -23,7 +23,7 @@ def main(argv=None):
         from detectron2.data import DatasetCatalog
 
         import fpn_plugin  # noqa: F401  (registers the embedded datasets)
-        from fpn_plugin.level_report import format_level_table, gt_box_sizes, level_counts, plot_level_histogram
+        from fpn_plugin.pyramid_fit import format_level_table, gt_box_sizes, level_counts, plot_level_histogram
 
         cfg = load_config(args.config_file, args.opts)
         if args.dataset not in DatasetCatalog:
