@@ -1,6 +1,7 @@
-"""Pictures of the pyramid: C2..C5 and P2..P6 at their true relative scale, and the detections
-coloured by the level their RoI was pooled from (Eq. 1). Works on the plugin's models and on
-Detectron2's own FPN detectors alike."""
+"""Pictures of the pyramid: C2..C5 and P2..P6 at their true relative scale, the detections
+coloured by the level their RoI was pooled from (Eq. 1), and a dataset's box sizes on the levels.
+The pyramid picture works on the plugin's models and on Detectron2's own FPN detectors alike."""
+import math
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -11,7 +12,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 
 from .inference import pooler_levels
 
-__all__ = ["LEVEL_COLOURS", "pyramid_forward", "render_pyramid", "pyramid_canvas_size"]
+__all__ = ["LEVEL_COLOURS", "pyramid_forward", "render_pyramid", "pyramid_canvas_size", "plot_level_histogram"]
 
 #: Colour of each pooled level in the pictures.
 LEVEL_COLOURS = {2: (230, 25, 75), 3: (245, 130, 48), 4: (60, 180, 75), 5: (0, 130, 200), 6: (145, 30, 180)}
@@ -123,3 +124,35 @@ def render_pyramid(image_rgb: np.ndarray, bottom_up: Dict[str, torch.Tensor], py
             x += panel.width + _GAP
         y += max(m.shape[-2] for _, m in row) * zoom + _GAP
     return canvas
+
+
+def plot_level_histogram(sizes: np.ndarray, path: str, canonical_level=4, canonical_size=224,
+                         min_level=2, max_level=5, rounding="floor", title="", anchor_marks=()):
+    """A histogram of log2 box sizes, bars coloured by the level Eq. 1 gives, bin edges dashed;
+    ``anchor_marks``: (label, colour, anchor sides) drawn as dotted lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shift = 0.5 if rounding == "round" else 0.0
+    edges = [canonical_size * 2.0 ** (k - canonical_level - shift) for k in range(min_level + 1, max_level + 1)]
+    bins = np.linspace(np.log2(max(sizes.min(), 1.0)), np.log2(max(sizes.max(), 2.0)), 41)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    log_sizes = np.log2(np.maximum(sizes, 1e-6))
+    bounds = [-np.inf] + [math.log2(e) for e in edges] + [np.inf]
+    for i, k in enumerate(range(min_level, max_level + 1)):
+        sel = log_sizes[(log_sizes >= bounds[i]) & (log_sizes < bounds[i + 1])]
+        ax.hist(sel, bins=bins, color=np.array(LEVEL_COLOURS[k]) / 255, label=f"P{k} ({len(sel)})")
+    for e in edges:
+        ax.axvline(math.log2(e), color="k", linestyle="--", linewidth=0.8)
+    for label, colour, sides in anchor_marks:
+        for j, side in enumerate(sides):
+            ax.axvline(math.log2(side), color=colour, linestyle=":", linewidth=1.2, label=label if j == 0 else None)
+    ax.set_xlabel("log2 sqrt(wh) of ground-truth boxes at the model's input scale (px)")
+    ax.set_ylabel("boxes")
+    ax.set_title(title or f"Eq. 1 levels (k0={canonical_level}, canonical {canonical_size}, {rounding})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, format="png")
+    plt.close(fig)

@@ -86,6 +86,23 @@ def test_level_report_counts_equal_a_direct_computation(tmp_path, capsys):
     for level in (2, 3, 4, 5):
         assert f"| P{level} | {int((k == level).sum())} |" in text
     assert f"{len(sizes)} ground-truth boxes" in text
+    assert f"| all | {len(sizes)} |" in text and "CANONICAL_SIZE:" in text  # coverage table, suggestion
+
+
+def test_level_report_bad_inputs(tmp_path, capsys):
+    main = tool("level_report")
+    out = tmp_path / "levels.png"
+    assert main(["--config-file", TINY, "--dataset", "no_such_set", "--output", str(out)]) == 2
+    assert "no_such_set" in capsys.readouterr().err
+    assert main(["--config-file", str(tmp_path / "gone.yaml"), "--dataset", "fpn_shapes_tiny_val",
+                 "--output", str(out)]) == 2
+    assert "gone.yaml" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["--config-file", TINY, "--dataset", "fpn_shapes_tiny_val", "--output", str(blocker / "x.png"),
+                 "--max-images", "2"]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_demo_on_files_and_a_folder(tmp_path, image, capsys):

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""How a registered dataset's ground-truth boxes fall on the pyramid levels under Eq. 1 with the
-config's k0, canonical size and rounding (boxes measured at the model's test-time input scale).
+"""Fit the pyramid to a registered dataset, before any training: how its ground-truth boxes fall on
+the levels under Eq. 1 (the config's k0, canonical size and rounding), how well the config's anchors
+cover them (best anchor IoU >= 0.5 and >= 0.7 per COCO size class), which levels are empty or
+overloaded, and anchor sizes and a canonical size that fit the data, as a config fragment to paste.
+Boxes are measured at the config's test-time input scale (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST).
 
     python tools/level_report.py --config-file configs/fpn_paper.yaml --dataset fpn_shapes_val \
-        --output levels.png
+        --output levels.png [--max-images N] [KEY VALUE ...]
 """
 import argparse
 import sys
@@ -17,13 +20,17 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--dataset", required=True, help="a name registered in DatasetCatalog")
     parser.add_argument("--output", required=True, help="the PNG histogram to write")
+    parser.add_argument("--max-images", type=int, default=0,
+                        help="use this many images, evenly spaced over the dataset (0: all)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
     args = parser.parse_args(argv)
     try:
+        import torch
         from detectron2.data import DatasetCatalog
 
         import fpn_plugin  # noqa: F401  (registers the embedded datasets)
-        from fpn_plugin.level_report import format_level_table, gt_box_sizes, level_counts, plot_level_histogram
+        from fpn_plugin.pyramid_fit import feature_levels, fit_pyramid, format_report, gt_boxes
+        from fpn_plugin.visualize import plot_level_histogram
 
         cfg = load_config(args.config_file, args.opts)
         if args.dataset not in DatasetCatalog:
@@ -32,20 +39,27 @@ def main(argv=None):
             dicts = DatasetCatalog.get(args.dataset)
         except Exception as e:  # noqa: BLE001 - the loader's own error, with its file name
             raise CliError(f"cannot load dataset {args.dataset!r}: {e}") from e
-        levels = sorted(int(f[1:]) for f in cfg.MODEL.ROI_HEADS.IN_FEATURES if f[1:].isdigit())
-        if not levels:
+        if not [f for f in cfg.MODEL.ROI_HEADS.IN_FEATURES if f[1:].isdigit()]:
             raise CliError(f"MODEL.ROI_HEADS.IN_FEATURES={cfg.MODEL.ROI_HEADS.IN_FEATURES} names no pyramid level")
-        rule = dict(canonical_level=cfg.MODEL.FPN_PAPER.CANONICAL_LEVEL, canonical_size=cfg.MODEL.FPN_PAPER.CANONICAL_SIZE,
-                    min_level=levels[0], max_level=levels[-1], rounding=cfg.MODEL.FPN_PAPER.LEVEL_ROUNDING)
-        sizes = gt_box_sizes(dicts, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-        counts = level_counts(sizes, **rule)
+        # The model pads its input to a multiple of the coarsest bottom-up stride (res5: 32).
+        divisibility = 2 ** max(feature_levels(cfg.MODEL.FPN.IN_FEATURES))
+        gt = gt_boxes(dicts, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, divisibility, args.max_images)
+        if not len(gt.boxes):
+            raise CliError(f"dataset {args.dataset!r} has no ground-truth box to fit the pyramid to")
+        torch.set_num_threads(1)  # one image's IoU blocks are small: threads only add contention
+        fit = fit_pyramid(cfg, gt)
+        rule, now, new = fit["rule"], fit["now"], fit["suggested"]
+        marks = [("anchors now", "tab:cyan", now["anchor_sizes"]), ("anchors suggested", "m", new["anchor_sizes"])]
         with atomic_output(args.output) as tmp:
-            plot_level_histogram(sizes, tmp, **rule, title=f"{args.dataset}: {len(sizes)} boxes on the pyramid")
+            plot_level_histogram(gt.sizes, tmp, canonical_size=now["canonical_size"], **rule, anchor_marks=marks,
+                                 title=f"{args.dataset}: {len(gt.boxes)} boxes on the pyramid")
     except (CliError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_level_table(counts, f"{args.dataset}: {len(sizes)} ground-truth boxes, Eq. 1 with "
-                             f"k0={rule['canonical_level']}, canonical {rule['canonical_size']}, {rule['rounding']}"))
+    scale = (f"short side resized to {cfg.INPUT.MIN_SIZE_TEST} px, long side at most {cfg.INPUT.MAX_SIZE_TEST} px"
+             if cfg.INPUT.MIN_SIZE_TEST else "native resolution, INPUT.MIN_SIZE_TEST 0")
+    print(format_report(fit, f"{args.dataset}: {len(gt.boxes)} ground-truth boxes in {len(gt.padded)} images, "
+                             f"measured at the model's test-time input scale ({scale}); sizes in input pixels"))
     print(f"\nwrote {args.output}")
     return 0
 
