@@ -10,10 +10,11 @@ import torch
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.data import get_detection_dataset_dicts
+from detectron2.layers import ShapeSpec
 import detectron2.data.transforms as T
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
+from fvcore.common.param_scheduler import CosineParamScheduler
 
 import fpn_plugin  # noqa: F401  (registers the embedded datasets)
 from fpn_plugin import FPNPaperROIHeads, LevelROIPooler, PaperFPN
@@ -29,24 +30,27 @@ train = model_zoo.get_config("common/train.py").train
 model.backbone = L(PaperFPN)(
     bottom_up=L(ResNet)(
         stem=L(BasicStem)(in_channels=3, out_channels=64, norm="BN"),
-        stages=L(ResNet.make_default_stages)(depth=50, stride_in_1x1=False, norm="BN"),
+        stages=L(ResNet.make_default_stages)(depth=18, stride_in_1x1=False, norm="BN"),
         out_features=["res2", "res3", "res4", "res5"],  # C2..C5
         freeze_at=0,
     ),
     in_features="${.bottom_up.out_features}",
-    top_down_channels=256,  # d = 256 (Sec. 3)
-    out_channels=256,
+    top_down_channels=128,  # d = 128
+    out_channels=128,
+    norm="BN",
 )
 model.pixel_std = [1.0, 1.0, 1.0]  # Detectron2's default, as the YAML job uses
-model.proposal_generator.pre_nms_topk = (2000, 1000)
-model.proposal_generator.post_nms_topk = (500, 1000)
+model.proposal_generator.head.in_channels = 128
+model.proposal_generator.anchor_generator.sizes = [[14], [28], [56], [112], [224]]  # fitted to the data
+model.proposal_generator.pre_nms_topk = (1000, 1000)
+model.proposal_generator.post_nms_topk = (256, 1000)
 
 
 def level_pooler(output_size):
-    """Eq. 1 pooler over P2..P5 with k0 = 4 and canonical size 224 (the paper's floor)."""
+    """Eq. 1 pooler over P2..P5 with k0 = 4 and the canonical size fitted to the data (40 px)."""
     return L(LevelROIPooler)(
         output_size=output_size, scales=(1 / 4, 1 / 8, 1 / 16, 1 / 32), sampling_ratio=0,
-        pooler_type="ROIAlignV2", canonical_box_size=224, canonical_level=4, level_rounding="floor",
+        pooler_type="ROIAlignV2", canonical_box_size=40, canonical_level=4, level_rounding="floor",
     )
 
 
@@ -55,16 +59,17 @@ roi_heads._target_ = FPNPaperROIHeads
 roi_heads.num_classes = 5
 roi_heads.batch_size_per_image = 128
 roi_heads.box_pooler = level_pooler(7)
+roi_heads.box_head.input_shape = ShapeSpec(channels=128, height=7, width=7)
 for key in ("mask_in_features", "mask_pooler", "mask_head"):  # boxes only, as fpn_paper.yaml
     del roi_heads[key]
 
-# --- data: the embedded shapes dataset at a 288 px short side -------------------------------
+# --- data: the embedded shapes dataset at native resolution, 320 px crops for training -------
 dataloader.train.dataset = L(sanitize_annotations)(
     dataset_dicts=L(get_detection_dataset_dicts)(names="fpn_shapes_train", filter_empty=False)
 )
 dataloader.train.mapper._target_ = CheckedDatasetMapper
 dataloader.train.mapper.augmentations = [
-    L(T.ResizeShortestEdge)(short_edge_length=(288,), sample_style="choice", max_size=400),
+    L(T.RandomCrop)(crop_type="absolute", crop_size=(320, 320)),
     L(T.RandomFlip)(horizontal=True),
 ]
 dataloader.train.mapper.use_instance_mask = False
@@ -72,18 +77,18 @@ dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 1
 dataloader.test.dataset.names = "fpn_shapes_val"
 dataloader.test.mapper._target_ = CheckedDatasetMapper
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=288, max_size=400)]
+dataloader.test.mapper.augmentations = []
 dataloader.test.num_workers = 1
 
-# --- schedule: 600 iterations, lr 0.01 dropped x10 at 480, 100 warm-up iterations -----------
-optimizer.lr = 0.01
+# --- schedule: 340 iterations, lr 0.02 with 50 warm-up iterations, then cosine to 0 ---------
+optimizer.lr = 0.02
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[480, 600]),
-    warmup_length=100 / 600,
+    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
+    warmup_length=50 / 340,
     warmup_factor=0.001,
 )
-train.max_iter = 600
+train.max_iter = 340
 train.output_dir = "./output/fpn_paper_lazy"
 train.checkpointer.period = 100
-train.eval_period = 600
+train.eval_period = 340
 train.device = "cuda" if torch.cuda.is_available() else "cpu"

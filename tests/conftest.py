@@ -51,13 +51,13 @@ def seed_everything():
 
 @pytest.fixture
 def make_cfg():
-    """make_cfg(config_name="fpn_paper.yaml", *opts, small=True): a CPU config; ``small``
+    """make_cfg(config_name="Base-FPN-Paper.yaml", *opts, small=True): a CPU config; ``small``
     applies the small model of tests/configs/tiny.yaml (ResNet-18, few proposals) so a model
     builds and steps in about a second."""
     import fpn_plugin  # noqa: F401  (registers the plugin's components)
     from fpn_plugin.config import load_config
 
-    def make(config="fpn_paper.yaml", *opts, small=True):
+    def make(config="Base-FPN-Paper.yaml", *opts, small=True):
         small_opts = small_model_opts() if small else []
         return load_config(os.path.join(CONFIGS, config), ["MODEL.DEVICE", "cpu", *small_opts, *opts])
 

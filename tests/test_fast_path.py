@@ -35,8 +35,8 @@ def head_outputs(model, image, proposals=None):
 ])
 def test_fast_path_matches_fp32(make_cfg, channels_last, autocast, min_iou, score_tol):
     image = torch.randint(0, 256, (3, 256, 320), generator=torch.Generator().manual_seed(0)).float()
-    ref_model = build_model(make_cfg("fpn_paper.yaml", *NORMALISED)).eval()
-    fast_model = build_model(make_cfg("fpn_paper.yaml", *NORMALISED, "MODEL.FPN_PAPER.FAST.CHANNELS_LAST",
+    ref_model = build_model(make_cfg("Base-FPN-Paper.yaml", *NORMALISED)).eval()
+    fast_model = build_model(make_cfg("Base-FPN-Paper.yaml", *NORMALISED, "MODEL.FPN_PAPER.FAST.CHANNELS_LAST",
                                       channels_last, "MODEL.FPN_PAPER.FAST.AUTOCAST", autocast)).eval()
     fast_model.load_state_dict(ref_model.state_dict())
     assert fast_model.backbone.fast_path == {"channels_last": channels_last, "autocast": autocast}
@@ -59,7 +59,7 @@ def test_fast_path_matches_fp32(make_cfg, channels_last, autocast, min_iou, scor
 
 
 def test_fast_path_trains(make_cfg):
-    model = build_model(make_cfg("fpn_paper.yaml", "MODEL.FPN_PAPER.FAST.CHANNELS_LAST", True,
+    model = build_model(make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN_PAPER.FAST.CHANNELS_LAST", True,
                                  "MODEL.FPN_PAPER.FAST.AUTOCAST", "bf16")).train()
     with EventStorage():
         losses = model(inputs((96, 128), (64, 80)))
@@ -72,4 +72,4 @@ def test_fast_path_trains(make_cfg):
 
 def test_unknown_autocast_lists_the_choices(make_cfg):
     with pytest.raises(ValueError, match=r"MODEL.FPN_PAPER.FAST.AUTOCAST.*'bf16', 'fp16'"):
-        build_model(make_cfg("fpn_paper.yaml", "MODEL.FPN_PAPER.FAST.AUTOCAST", "int8"))
+        build_model(make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN_PAPER.FAST.AUTOCAST", "int8"))

@@ -72,7 +72,7 @@ image_side = st.one_of(st.integers(1, 1333), st.sampled_from(PRIMES))
 @pytest.fixture
 def detector(make_cfg):
     """The small model, untrained, built once for all examples of a test."""
-    return build_model(make_cfg("fpn_paper.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)).eval()
+    return build_model(make_cfg("Base-FPN-Paper.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)).eval()
 
 
 @settings(max_examples=8, **SETTINGS)
@@ -133,7 +133,7 @@ def set_key(cfg, key, value):
     via_command_line=st.booleans(),
 )
 def test_any_fpn_paper_value_builds_or_names_the_key(make_cfg, values, via_command_line):
-    cfg = make_cfg("fpn_paper.yaml", "MODEL.FPN.OUT_CHANNELS", 16, "MODEL.ROI_BOX_HEAD.FC_DIM", 16)
+    cfg = make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN.OUT_CHANNELS", 16, "MODEL.ROI_BOX_HEAD.FC_DIM", 16)
     names = [f"MODEL.FPN_PAPER.{k}" for k in values]
     try:
         if via_command_line:  # as train_net.py's trailing "KEY VALUE" pairs reach the config
@@ -151,7 +151,7 @@ def test_any_fpn_paper_value_builds_or_names_the_key(make_cfg, values, via_comma
     ("FAST.CHANNELS_LAST", "no"), ("FAST.CHANNELS_LAST", None),
 ])
 def test_values_found_by_fuzzing_are_refused(make_cfg, key, value):
-    cfg = make_cfg("fpn_paper.yaml", "MODEL.FPN.OUT_CHANNELS", 16, "MODEL.ROI_BOX_HEAD.FC_DIM", 16)
+    cfg = make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN.OUT_CHANNELS", 16, "MODEL.ROI_BOX_HEAD.FC_DIM", 16)
     set_key(cfg, key, value)
     with pytest.raises(ValueError, match=f"MODEL.FPN_PAPER.{key}="):
         build_model(cfg)

@@ -27,7 +27,7 @@ def batch(*sizes):
     return out
 
 
-@pytest.mark.parametrize("config, width", [("fpn_paper_mask.yaml", 256), ("fpn_paper_128.yaml", 128)])
+@pytest.mark.parametrize("config, width", [("fpn_paper_mask.yaml", 128), ("fpn_paper_128.yaml", 128)])
 def test_mask_train_step_and_inference(make_cfg, config, width):
     model = build_model(make_cfg(config, "MODEL.MASK_ON", True, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0))
     assert model.roi_heads.mask_head.mask_fcn1.in_channels == width
@@ -64,7 +64,7 @@ def test_avg_fusion_is_half_the_sum():
 
 @pytest.mark.parametrize("norm", ["GN", "BN", "SyncBN"])
 def test_fpn_norm_on_laterals_and_outputs(make_cfg, norm):
-    neck = build_backbone(make_cfg("fpn_paper.yaml", "MODEL.FPN.NORM", norm))
+    neck = build_backbone(make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN.NORM", norm))
     for k in range(2, 6):
         for conv in (getattr(neck, f"fpn_lateral{k}"), getattr(neck, f"fpn_output{k}")):
             assert conv.norm is not None and conv.bias is None

@@ -26,7 +26,7 @@ def inputs(*sizes, boxes=True):
     return out
 
 
-@pytest.mark.parametrize("config", ["fpn_paper.yaml", "fpn_paper_128.yaml"])
+@pytest.mark.parametrize("config", ["Base-FPN-Paper.yaml", "fpn_paper_128.yaml"])
 def test_train_step_and_inference(make_cfg, config):
     model = build_model(make_cfg(config))
     width = 128 if "128" in config else 256
@@ -112,7 +112,7 @@ def test_bottom_up_has_detectron2_resnet_names(make_cfg):
 
 
 def test_256_checkpoint_into_128_variant_reports_skipped(make_cfg, tmp_path):
-    src = build_model(make_cfg("fpn_paper.yaml"))
+    src = build_model(make_cfg("Base-FPN-Paper.yaml"))
     path = os.path.join(tmp_path, "w256.pth")
     torch.save({"model": src.state_dict()}, path)
     dst = build_model(make_cfg("fpn_paper_128.yaml"))

@@ -106,7 +106,7 @@ def test_user_registered_neck_is_selected_by_name(make_cfg):
             return {"p5": features["res5"]}
 
     try:
-        neck = build_backbone(make_cfg("fpn_paper.yaml", "MODEL.FPN_PAPER.NECK", "OnlyC5",
+        neck = build_backbone(make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN_PAPER.NECK", "OnlyC5",
                                        "MODEL.RPN.IN_FEATURES", "['p5']",
                                        "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64, 128, 256, 512]]"))
         assert isinstance(neck, OnlyC5) and list(neck.output_shape()) == ["p5"]
@@ -124,15 +124,15 @@ def test_user_registered_neck_is_selected_by_name(make_cfg):
 ])
 def test_bad_neck_config_names_the_key(make_cfg, opts, key):
     with pytest.raises(ValueError) as e:
-        build_backbone(make_cfg("fpn_paper.yaml", *opts))
+        build_backbone(make_cfg("Base-FPN-Paper.yaml", *opts))
     assert key in str(e.value)
 
 
 def test_unknown_neck_lists_the_registered_ones(make_cfg):
     with pytest.raises(ValueError, match="PaperFPN"):
-        build_backbone(make_cfg("fpn_paper.yaml", "MODEL.FPN_PAPER.NECK", "NoSuchNeck"))
+        build_backbone(make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN_PAPER.NECK", "NoSuchNeck"))
 
 
 def test_in_features_error_lists_what_the_bottom_up_gives(make_cfg):
     with pytest.raises(ValueError, match=r"res6.*'res2', 'res3', 'res4', 'res5'"):
-        build_backbone(make_cfg("fpn_paper.yaml", "MODEL.FPN.IN_FEATURES", "['res3', 'res4', 'res5', 'res6']"))
+        build_backbone(make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN.IN_FEATURES", "['res3', 'res4', 'res5', 'res6']"))

@@ -7,7 +7,7 @@ from fpn_plugin import FPNPaperROIHeads, LevelROIPooler
 
 
 def test_poolers_take_the_configured_rule(make_cfg):
-    cfg = make_cfg("fpn_paper.yaml", "MODEL.FPN_PAPER.CANONICAL_LEVEL", 3,
+    cfg = make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN_PAPER.CANONICAL_LEVEL", 3,
                    "MODEL.FPN_PAPER.CANONICAL_SIZE", 112, "MODEL.FPN_PAPER.LEVEL_ROUNDING", "round",
                    "MODEL.MASK_ON", True)
     heads = build_model(cfg).roi_heads
@@ -39,18 +39,18 @@ def test_box_head_is_two_1024_fc_with_relu(make_cfg):
 ])
 def test_bad_head_config_names_the_key(make_cfg, opts, key):
     with pytest.raises(ValueError) as e:
-        build_model(make_cfg("fpn_paper.yaml", *opts))
+        build_model(make_cfg("Base-FPN-Paper.yaml", *opts))
     assert key in str(e.value)
 
 
 def test_canonical_level_error_names_the_pooled_levels(make_cfg):
     with pytest.raises(ValueError, match=r"pooled levels 2\.\.5"):
-        build_model(make_cfg("fpn_paper.yaml", "MODEL.FPN_PAPER.CANONICAL_LEVEL", 6))
+        build_model(make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN_PAPER.CANONICAL_LEVEL", 6))
 
 
 def test_unknown_rounding_lists_the_choices(make_cfg):
     with pytest.raises(ValueError, match=r"\['floor', 'round'\]"):
-        build_model(make_cfg("fpn_paper.yaml", "MODEL.FPN_PAPER.LEVEL_ROUNDING", "ceil"))
+        build_model(make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN_PAPER.LEVEL_ROUNDING", "ceil"))
 
 
 @pytest.mark.parametrize("side, level", [(111.0, 2), (112.0, 3), (223.0, 3), (224.0, 4), (447.0, 4), (448.0, 5)])
@@ -60,7 +60,7 @@ def test_pred_levels_are_the_eq1_level_of_the_proposal(make_cfg, side, level):
     from detectron2.modeling import build_model
     from detectron2.structures import Boxes, Instances
 
-    model = build_model(make_cfg("fpn_paper.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)).eval()
+    model = build_model(make_cfg("Base-FPN-Paper.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)).eval()
     h = w = 512
     images = torch.zeros(2, 3, h, w)
     with torch.no_grad():

@@ -59,7 +59,7 @@ def analyze(cfg, size):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "fpn_paper.yaml"))
+    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "Base-FPN-Paper.yaml"))
     parser.add_argument("--size", nargs=2, type=int, default=[800, 1216], metavar=("H", "W"))
     parser.add_argument("--json", help="also write the numbers here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
@@ -67,7 +67,8 @@ def main(argv=None):
     try:
         from fpn_plugin import NECK_REGISTRY
 
-        variants = {"256 (paper)": [], "128 outputs": ["MODEL.FPN_PAPER.OUT_CHANNELS", 128]}
+        widths = lambda d, out: ["MODEL.FPN_PAPER.TOP_DOWN_CHANNELS", d, "MODEL.FPN_PAPER.OUT_CHANNELS", out]  # noqa: E731
+        variants = {"256 (paper)": widths(256, 256), "128 outputs": widths(256, 128)}
         for name in sorted(n for n, _ in NECK_REGISTRY):
             if name != "PaperFPN":
                 variants[f"neck {name}"] = ["MODEL.FPN_PAPER.NECK", name]
