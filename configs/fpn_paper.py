@@ -80,15 +80,15 @@ dataloader.test.mapper._target_ = CheckedDatasetMapper
 dataloader.test.mapper.augmentations = []
 dataloader.test.num_workers = 1
 
-# --- schedule: 340 iterations, lr 0.02 with 50 warm-up iterations, then cosine to 0 ---------
+# --- schedule: 320 iterations, lr 0.02 with 50 warm-up iterations, then cosine to 0 ---------
 optimizer.lr = 0.02
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
-    warmup_length=50 / 340,
+    warmup_length=50 / 320,
     warmup_factor=0.001,
 )
-train.max_iter = 340
+train.max_iter = 320
 train.output_dir = "./output/fpn_paper_lazy"
 train.checkpointer.period = 100
-train.eval_period = 340
+train.eval_period = 320
 train.device = "cuda" if torch.cuda.is_available() else "cpu"
