@@ -30,7 +30,7 @@ train = model_zoo.get_config("common/train.py").train
 model.backbone = L(PaperFPN)(
     bottom_up=L(ResNet)(
         stem=L(BasicStem)(in_channels=3, out_channels=64, norm="BN"),
-        stages=L(ResNet.make_default_stages)(depth=18, stride_in_1x1=False, norm="BN"),
+        stages=L(ResNet.make_default_stages)(depth=18, norm="BN"),  # basic blocks: no stride_in_1x1
         out_features=["res2", "res3", "res4", "res5"],  # C2..C5
         freeze_at=0,
     ),

@@ -45,7 +45,8 @@ def test_mask_train_step_and_inference(make_cfg, config, width):
 
 @pytest.mark.parametrize("k0, expected", [(4, [2, 3, 3, 4, 4, 5]), (3, [2, 2, 2, 3, 3, 4])])
 def test_mask_pooler_reads_the_level_eq1_names(make_cfg, k0, expected):
-    heads = build_model(make_cfg("fpn_paper_mask.yaml", "MODEL.FPN_PAPER.CANONICAL_LEVEL", k0)).roi_heads
+    heads = build_model(make_cfg("fpn_paper_mask.yaml", "MODEL.FPN_PAPER.CANONICAL_LEVEL", k0,
+                                 "MODEL.FPN_PAPER.CANONICAL_SIZE", 224)).roi_heads  # the paper's edges
     sides = (111, 112, 223, 224, 447, 448)
     boxes = [Boxes(torch.tensor([[8.0, 8.0, 8.0 + s, 8.0 + s] for s in sides]))]
     feats = [torch.full((1, 2, 512 // 2 ** k, 512 // 2 ** k), float(k)) for k in range(2, 6)]

@@ -31,7 +31,7 @@ def one_thread():
 @pytest.fixture
 def cfg():
     # The paper's anchors (32..512 on p2..p6, ratios 0.5/1/2, offset 0), k0 = 4, canonical 224, floor.
-    return load_config(os.path.join(CONFIGS, "fpn_paper.yaml"))
+    return load_config(os.path.join(CONFIGS, "Base-FPN-Paper.yaml"))
 
 
 def records(images, size=(256, 256)):

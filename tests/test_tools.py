@@ -185,7 +185,9 @@ def test_demo_detections_are_default_predictors(tmp_path, image, capsys):
 
     from fpn_plugin.config import load_config
 
-    opts = ["MODEL.WEIGHTS", _random_weights(tmp_path), "TEST.DETECTIONS_PER_IMAGE", "30"]
+    # A test-time resize (the tiny config tests at native size), so that it matters.
+    opts = ["MODEL.WEIGHTS", _random_weights(tmp_path), "TEST.DETECTIONS_PER_IMAGE", "30",
+            "INPUT.MIN_SIZE_TEST", "288", "INPUT.MAX_SIZE_TEST", "400"]
     out = tmp_path / "drawn"
     assert tool("demo")(["--config-file", TINY, "--input", image, "--output", str(out), "--confidence", "0.0",
                          "--levels"] + opts) == 0
