@@ -125,12 +125,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
             local = urlparse(path)._replace(query="").geturl()
             if not os.path.isfile(local):
                 raise UnreadableCheckpointError(path, "no such file")
-        try:
-            return super().load(path, *args, **kwargs)
-        finally:
-            # DetectionCheckpointer resets this only when loading succeeded; without the reset
-            # every later load (the next resume candidate) would fail its assertion.
-            self._parsed_url_during_load = None
+            # Read it once before DetectionCheckpointer's load starts: an unreadable file fails
+            # here, and a load that has begun is never left half-done (its state would make
+            # the next resume candidate's load fail).
+            self._load_file(local)
+        return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename):
         # The file-format hook of fvcore's Checkpointer (DetectionCheckpointer overrides it too):
