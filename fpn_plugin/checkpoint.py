@@ -125,11 +125,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
             local = urlparse(path)._replace(query="").geturl()
             if not os.path.isfile(local):
                 raise UnreadableCheckpointError(path, "no such file")
-            # Read it once before DetectionCheckpointer's load starts: an unreadable file fails
-            # here, and a load that has begun is never left half-done (its state would make
-            # the next resume candidate's load fail).
-            self._load_file(local)
-        return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            # DetectionCheckpointer resets this only when loading succeeded; without the reset
+            # every later load (the next resume candidate) would fail its assertion.
+            self._parsed_url_during_load = None
 
     def _load_file(self, filename):
         # The file-format hook of fvcore's Checkpointer (DetectionCheckpointer overrides it too):
