@@ -12,7 +12,7 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, Trainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import AtomicCheckpointer, atomic_write
 from .data import check_has_masks, check_proposal_files, sanitize_annotations
 from .data.mapper import CheckedDatasetMapper
 
@@ -114,8 +114,6 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process() and results:
             path = os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS)
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                json.dump(results, f, indent=2)
-            os.replace(path + ".tmp", path)
+            atomic_write(path, lambda f: json.dump(results, f, indent=2), mode="w")
             logger.info("Evaluation results written to %s", path)
         return results

@@ -155,11 +155,13 @@ def _draw_image(spec: ShapesSpec, index: int):
         # 0.785), no larger than the image allows.
         unit_area = shape_polygon(CATEGORIES[cat], 0.0, 0.0, 1.0, 0.0, aspect)[1]
         extent = min(size / math.sqrt(unit_area), min(w, h) - 4)
-        # Centres are drawn where the whole shape fits in the image.
-        lo_xy, hi_xy = (f(shape_polygon(CATEGORIES[cat], 0.0, 0.0, extent, angle, aspect)[0], 0) for f in (np.min, np.max))
+        shape, area = shape_polygon(CATEGORIES[cat], 0.0, 0.0, extent, angle, aspect)  # centred on 0
+        lo, hi = shape.min(0), shape.max(0)
         for _ in range(60):  # tries to find free room; else the shape is not drawn
-            cx, cy = rng.uniform(-lo_xy[0], max(w - hi_xy[0], -lo_xy[0])), rng.uniform(-lo_xy[1], max(h - hi_xy[1], -lo_xy[1]))
-            pts, area = shape_polygon(CATEGORIES[cat], cx, cy, extent, angle, aspect)
+            # A centre where the whole shape fits in the image.
+            cx = rng.uniform(-lo[0], max(w - hi[0], -lo[0]))
+            cy = rng.uniform(-lo[1], max(h - hi[1], -lo[1]))
+            pts = shape + np.array([cx, cy])
             x0, y0 = pts.min(0)
             x1, y1 = pts.max(0)
             if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
