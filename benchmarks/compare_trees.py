@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Two checkouts of the plugin against each other: is a change to the code faster or slower?
+
+A code change cannot be timed in one process (both trees register the same names), and two
+separate runs differ by more than the few percent a refactor is held to. So each run of a worker
+process times Detectron2's stock FPN and the plugin side by side (round-robin, same weights, same
+inputs, the points of ``benchmark.py``), and the plugin/stock ratio carries the comparison:
+stock's code is the same in every run, so it absorbs what the machine does between runs. The
+parent starts the workers of the two trees in turn, in the order A B B A, A B B A, ... (so a
+drift over time weighs on both alike), and prints per tree the median of the per-run ratios,
+their spread, and after/before.
+
+    python benchmarks/compare_trees.py --before /path/to/old/checkout --after . --rounds 4
+
+Each tree must be a checkout of this project (its ``fpn_plugin`` package is imported from there
+through PYTHONPATH, ahead of an installed one; the worker prints which file it imported).
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+POINTS = ("neck_ms", "infer_b1_ms_per_image", "infer_b8_ms_per_image", "train_b4_ms")
+
+
+def worker(h, w, repeats):
+    """Times stock and plugin in this process; returns {model: {point: median ms}}."""
+    from detectron2.config import get_cfg
+    from detectron2.model_zoo import get_config_file
+    from detectron2.modeling import build_model
+
+    import fpn_plugin
+    from benchmark import batch, point_functions  # this folder's benchmark: the same points
+
+    cfg = get_cfg()
+    fpn_plugin.add_fpn_paper_config(cfg)
+    cfg.merge_from_file(get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    plugin_cfg = cfg.clone()
+    plugin_cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_paper_backbone"
+    plugin_cfg.MODEL.ROI_HEADS.NAME = "FPNPaperROIHeads"
+    torch.manual_seed(0)
+    models = {"stock": build_model(cfg)}
+    models["plugin"] = build_model(plugin_cfg)
+    models["plugin"].load_state_dict(copy.deepcopy(models["stock"].state_dict()))
+    one, eight, four = batch(1, h, w, "cpu", False), batch(8, h, w, "cpu", False), batch(4, h, w, "cpu", True)
+    fns = {name: point_functions(name, m, one, eight, four) for name, m in models.items()}
+    out = {name: {} for name in models}
+    for point in POINTS:
+        samples = {name: [] for name in models}
+        for name in models:
+            fns[name][point]()  # warm-up
+        for _ in range(repeats):
+            for name in models:
+                start = time.perf_counter()
+                fns[name][point]()
+                samples[name].append((time.perf_counter() - start) * 1000.0)
+        for name in models:
+            out[name][point] = statistics.median(samples[name]) / (8 if point == "infer_b8_ms_per_image" else 1)
+    return {"fpn_plugin": fpn_plugin.__file__, "medians": out}
+
+
+def run_worker(tree, args):
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--size", *map(str, args.size),
+           "--repeats", str(args.repeats)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"worker for {tree} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", help="checkout of the code before the change")
+    parser.add_argument("--after", default=".", help="checkout of the code after the change (default: here)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of A B B A (default 4: 8 runs per tree)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per point and model in a run")
+    parser.add_argument("--size", nargs=2, type=int, default=[160, 256], metavar=("H", "W"))
+    parser.add_argument("--json", help="write every run's medians here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(*args.size, args.repeats)))
+        return 0
+    if not args.before:
+        parser.error("--before is required")
+    for tree in (args.before, args.after):
+        if not os.path.isfile(os.path.join(tree, "fpn_plugin", "__init__.py")):
+            parser.error(f"{tree} is not a checkout of this project (no fpn_plugin/__init__.py)")
+    trees = {"before": args.before, "after": args.after}
+    runs = {"before": [], "after": []}
+    for r in range(args.rounds):
+        for name in ("before", "after", "after", "before"):
+            result = run_worker(trees[name], args)
+            runs[name].append(result)
+            print(f"round {r + 1} {name}: {result['fpn_plugin']}", file=sys.stderr)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size[0]}x{args.size[1]}, "
+          f"{args.rounds * 2} runs per tree, {args.repeats} repeats per point in a run\n")
+    print("| point | plugin/stock before: median (min-max) | after: median (min-max) | after/before |")
+    print("|---|---|---|---|")
+    summary = {}
+    for p in POINTS:
+        ratios = {n: [r["medians"]["plugin"][p] / r["medians"]["stock"][p] for r in runs[n]] for n in runs}
+        med = {n: statistics.median(v) for n, v in ratios.items()}
+        summary[p] = {"ratios": ratios, "after_over_before": med["after"] / med["before"]}
+        cells = [f"{med[n]:.3f} ({min(ratios[n]):.3f}-{max(ratios[n]):.3f})" for n in ("before", "after")]
+        print(f"| {p} | {cells[0]} | {cells[1]} | {med['after'] / med['before']:.3f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"runs": runs, "summary": summary}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
