@@ -29,7 +29,7 @@ import torch
 POINTS = ("neck_ms", "infer_b1_ms_per_image", "infer_b8_ms_per_image", "train_b4_ms")
 
 
-def worker(h, w, repeats):
+def worker(h, w, repeats, points):
     """Times stock and plugin in this process; returns {model: {point: median ms}}."""
     from detectron2.config import get_cfg
     from detectron2.model_zoo import get_config_file
@@ -52,7 +52,7 @@ def worker(h, w, repeats):
     one, eight, four = batch(1, h, w, "cpu", False), batch(8, h, w, "cpu", False), batch(4, h, w, "cpu", True)
     fns = {name: point_functions(name, m, one, eight, four) for name, m in models.items()}
     out = {name: {} for name in models}
-    for point in POINTS:
+    for point in points:
         samples = {name: [] for name in models}
         for name in models:
             fns[name][point]()  # warm-up
@@ -69,7 +69,7 @@ def worker(h, w, repeats):
 def run_worker(tree, args):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--size", *map(str, args.size),
-           "--repeats", str(args.repeats)]
+           "--repeats", str(args.repeats), "--points", *args.points]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"worker for {tree} failed:\n{done.stderr[-3000:]}")
@@ -83,11 +83,12 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=4, help="rounds of A B B A (default 4: 8 runs per tree)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per point and model in a run")
     parser.add_argument("--size", nargs=2, type=int, default=[160, 256], metavar=("H", "W"))
+    parser.add_argument("--points", nargs="+", default=list(POINTS), choices=POINTS, help="what to time (default all)")
     parser.add_argument("--json", help="write every run's medians here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(*args.size, args.repeats)))
+        print(json.dumps(worker(*args.size, args.repeats, args.points)))
         return 0
     if not args.before:
         parser.error("--before is required")
@@ -107,7 +108,7 @@ def main(argv=None):
     print("| point | plugin/stock before: median (min-max) | after: median (min-max) | after/before |")
     print("|---|---|---|---|")
     summary = {}
-    for p in POINTS:
+    for p in args.points:
         ratios = {n: [r["medians"]["plugin"][p] / r["medians"]["stock"][p] for r in runs[n]] for n in runs}
         med = {n: statistics.median(v) for n, v in ratios.items()}
         summary[p] = {"ratios": ratios, "after_over_before": med["after"] / med["before"]}
