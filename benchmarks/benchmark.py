@@ -152,6 +152,23 @@ def batch(n, h, w, device, train):
     return out
 
 
+def round_robin(fns, point, repeats, warmup=1, device="cpu"):
+    """Median milliseconds of ``fns[model][point]()`` per model. The models take turns repeat by
+    repeat, so that none runs on a colder cache or a busier machine than another."""
+    samples = {name: [] for name in fns}
+    for name in fns:
+        for _ in range(warmup):
+            fns[name][point]()
+    for _ in range(repeats):
+        for name in fns:
+            sync(device)
+            start = time.perf_counter()
+            fns[name][point]()
+            sync(device)
+            samples[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -181,22 +198,9 @@ def main(argv=None):
     fns = {name: point_functions(name, model, one, eight, four) for name, model in models.items()}
     results = {name: {} for name in models}
     for point in fns["stock"]:
-        # Round-robin over the models, repeat by repeat, so that neither runs on a colder cache
-        # or a busier machine than the other; medians per model.
         n = repeats if point in ("neck_ms", "infer_b1_ms_per_image") else max(3, repeats // 2)
-        samples = {name: [] for name in models}
-        for name in models:
-            for _ in range(warmup):
-                fns[name][point]()
-        for _ in range(n):
-            for name in models:
-                sync(device)
-                start = time.perf_counter()
-                fns[name][point]()
-                sync(device)
-                samples[name].append((time.perf_counter() - start) * 1000.0)
-        for name in models:
-            results[name][point] = statistics.median(samples[name]) / (8 if point == "infer_b8_ms_per_image" else 1)
+        for name, ms in round_robin(fns, point, n, warmup, device).items():
+            results[name][point] = ms / (8 if point == "infer_b8_ms_per_image" else 1)
     for name, model in models.items():
         results[name]["train_b4_peak_mb"] = peak_memory_mb(fns[name]["train_b4_ms"], device)
         model.load_state_dict(weights)

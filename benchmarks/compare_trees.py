@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -36,7 +35,7 @@ def worker(h, w, repeats, points):
     from detectron2.modeling import build_model
 
     import fpn_plugin
-    from benchmark import batch, point_functions  # this folder's benchmark: the same points
+    from benchmark import batch, point_functions, round_robin  # this folder's: the same points
 
     cfg = get_cfg()
     fpn_plugin.add_fpn_paper_config(cfg)
@@ -53,16 +52,8 @@ def worker(h, w, repeats, points):
     fns = {name: point_functions(name, m, one, eight, four) for name, m in models.items()}
     out = {name: {} for name in models}
     for point in points:
-        samples = {name: [] for name in models}
-        for name in models:
-            fns[name][point]()  # warm-up
-        for _ in range(repeats):
-            for name in models:
-                start = time.perf_counter()
-                fns[name][point]()
-                samples[name].append((time.perf_counter() - start) * 1000.0)
-        for name in models:
-            out[name][point] = statistics.median(samples[name]) / (8 if point == "infer_b8_ms_per_image" else 1)
+        for name, ms in round_robin(fns, point, repeats).items():
+            out[name][point] = ms / (8 if point == "infer_b8_ms_per_image" else 1)
     return {"fpn_plugin": fpn_plugin.__file__, "medians": out}
 
 
