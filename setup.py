@@ -12,6 +12,6 @@ setup(
     python_requires=">=3.10",
     # torch, torchvision and detectron2 are deliberately not listed: pip must never replace the
     # torch that Detectron2's compiled extension was built against.
-    install_requires=["numpy", "Pillow", "pycocotools>=2.0.2"],
+    install_requires=["numpy", "Pillow", "pycocotools>=2.0.2", "shapely"],  # shapely: cropping polygon masks
     extras_require={"test": ["pytest", "hypothesis"]},
 )

@@ -151,3 +151,25 @@ def test_folder_without_json_is_regenerated(tmp_path):
     (out / "images" / "000000.jpg").write_bytes(b"half")
     coco = read(generate_shapes(SMALL, str(out)))
     assert len(coco["images"]) == len(os.listdir(out / "images")) == SMALL.num_images
+
+
+def test_mask_job_crops_polygons(make_cfg, tmp_path):
+    """The mask job's training mapper (320 px crops of native images) crops polygon masks, which
+    needs shapely (fvcore's CropTransform.apply_polygons): a 10x10 square stays 100 px^2 with
+    its box, in an image smaller than the crop (cut whole, at offset 0); the square is centred
+    horizontally, so the random flip leaves it in place."""
+    from detectron2.structures import BoxMode
+
+    Image.new("RGB", (60, 40), (90, 90, 90)).save(tmp_path / "im.png")
+    cfg = make_cfg("fpn_paper_mask.yaml")
+    assert cfg.INPUT.CROP.ENABLED and cfg.MODEL.MASK_ON
+    square = [25.0, 5.0, 35.0, 5.0, 35.0, 15.0, 25.0, 15.0]
+    anno = {"bbox": [25, 5, 10, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 2, "segmentation": [square]}
+    out = CheckedDatasetMapper(cfg, is_train=True)(
+        {"file_name": str(tmp_path / "im.png"), "height": 40, "width": 60, "image_id": 1, "annotations": [anno]}
+    )
+    inst = out["instances"]
+    assert tuple(out["image"].shape) == (3, 40, 60)
+    assert inst.gt_masks.area().tolist() == [100.0]
+    assert inst.gt_boxes.tensor.tolist() == [[25.0, 5.0, 35.0, 15.0]]
+    assert inst.gt_classes.tolist() == [2]

@@ -159,8 +159,8 @@ else
   install_detectron2
 fi
 
-# --- the tools the tests and exports use, and the plugin ------------------------------------
-"$PY" -m pip install "${quiet[@]}" -c "$constraints" pytest hypothesis opencv-python-headless onnx onnxruntime
+# --- shapely (cropping polygon masks), the tools the tests and exports use, and the plugin ---
+"$PY" -m pip install "${quiet[@]}" -c "$constraints" shapely pytest hypothesis opencv-python-headless onnx onnxruntime
 "$PY" -m pip install "${quiet[@]}" -c "$constraints" --no-build-isolation --no-deps -e .
 "$PY" -m pip install "${quiet[@]}" -c "$constraints" "setuptools>=77.0.3,<81"  # re-pin if moved
 echo "[setup] ready in $((SECONDS - t_start)) s: torch $installed_torch, $("$PY" -c 'import detectron2; print("detectron2", detectron2.__version__)')"
