@@ -173,3 +173,14 @@ def test_mask_job_crops_polygons(make_cfg, tmp_path):
     assert inst.gt_masks.area().tolist() == [100.0]
     assert inst.gt_boxes.tensor.tolist() == [[25.0, 5.0, 35.0, 15.0]]
     assert inst.gt_classes.tolist() == [2]
+
+
+def test_mask_job_maps_an_image_without_objects(make_cfg, tmp_path):
+    """Object-free images are negatives in the mask job too: mapped to empty Instances, not an
+    error (Detectron2's mapper recomputes boxes from masks such an image does not have)."""
+    Image.new("RGB", (60, 40), (90, 90, 90)).save(tmp_path / "im.png")
+    mapper = CheckedDatasetMapper(make_cfg("fpn_paper_mask.yaml"), is_train=True)
+    assert mapper.recompute_boxes
+    out = mapper({"file_name": str(tmp_path / "im.png"), "height": 40, "width": 60, "image_id": 1, "annotations": []})
+    assert len(out["instances"]) == 0
+    assert mapper.recompute_boxes  # still on for the next image
