@@ -57,7 +57,8 @@ def level_pooler(output_size):
 roi_heads = model.roi_heads
 roi_heads._target_ = FPNPaperROIHeads
 roi_heads.num_classes = 5
-roi_heads.batch_size_per_image = 128
+roi_heads.batch_size_per_image = 64  # up to half foreground: fpn_paper.yaml says why
+roi_heads.positive_fraction = 0.5
 roi_heads.box_pooler = level_pooler(7)
 roi_heads.box_head.input_shape = ShapeSpec(channels=128, height=7, width=7)
 for key in ("mask_in_features", "mask_pooler", "mask_head"):  # boxes only, as fpn_paper.yaml

@@ -21,6 +21,9 @@ def test_lazy_model_equals_yaml_model(make_cfg):
     pa, pb = a.roi_heads.box_pooler, b.roi_heads.box_pooler
     assert (pa.canonical_level, pa.canonical_box_size, pa.level_rounding) == (pb.canonical_level, pb.canonical_box_size, pb.level_rounding)
     assert a.proposal_generator.post_nms_topk == b.proposal_generator.post_nms_topk
+    # The RoI sampling of the training step, which no parameter shape shows.
+    sampling = [(h.batch_size_per_image, h.positive_fraction) for h in (a.roi_heads, b.roi_heads)]
+    assert sampling[0] == sampling[1] == (64, 0.5)
     assert a.pixel_std.tolist() == b.pixel_std.tolist()
 
 
