@@ -1,7 +1,8 @@
-"""The registered backbone: Detectron2's ResNet as the bottom-up pathway, then a named neck."""
+"""The registered backbone: the ResNet bottom-up pathway, then a named neck."""
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, build_resnet_backbone
+from detectron2.modeling import BACKBONE_REGISTRY
 
+from .bottom_up import build_bottom_up
 from .config import check_choice
 from .fast_path import AUTOCAST_DTYPES, enable_fast_path
 from .necks import build_neck
@@ -11,8 +12,9 @@ __all__ = ["build_resnet_fpn_paper_backbone"]
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_fpn_paper_backbone(cfg, input_shape: ShapeSpec):
-    """ResNet C2..C5 (strides 4..32; the stem is not in the pyramid, Sec. 3) + the neck named
-    by MODEL.FPN_PAPER.NECK. With the paper's neck the outputs are p2..p6, strides 4..64.
+    """ResNet C2..C5 (strides 4..32; the stem is not in the pyramid, Sec. 3; any width for R-18/34,
+    see :func:`build_bottom_up`) + the neck named by MODEL.FPN_PAPER.NECK. With the paper's
+    neck the outputs are p2..p6, strides 4..64.
 
     Also checks, before anything is trained, that the RPN's features and anchors fit the
     pyramid the neck makes (Detectron2 would otherwise fail later with a bare assertion), and
@@ -21,7 +23,7 @@ def build_resnet_fpn_paper_backbone(cfg, input_shape: ShapeSpec):
     fast = cfg.MODEL.FPN_PAPER.FAST
     check_choice(fast.AUTOCAST, list(AUTOCAST_DTYPES), "MODEL.FPN_PAPER.FAST.AUTOCAST")
     check_choice(fast.CHANNELS_LAST, [False, True], "MODEL.FPN_PAPER.FAST.CHANNELS_LAST")
-    neck = build_neck(cfg, build_resnet_backbone(cfg, input_shape))
+    neck = build_neck(cfg, build_bottom_up(cfg, input_shape))
     check_rpn_fits(cfg, list(neck.output_shape()))
     return enable_fast_path(neck, channels_last=fast.CHANNELS_LAST, autocast=fast.AUTOCAST)
 

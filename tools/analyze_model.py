@@ -19,11 +19,10 @@ COMPONENTS = ("backbone.bottom_up", "neck", "proposal_generator", "roi_heads")
 def fit_heads_to_neck(cfg):
     """Point the RPN and ROI heads at whatever levels the configured neck outputs."""
     from detectron2.layers import ShapeSpec
-    from detectron2.modeling import build_resnet_backbone
-
+    from fpn_plugin.bottom_up import build_bottom_up
     from fpn_plugin.necks import build_neck
 
-    levels = list(build_neck(cfg, build_resnet_backbone(cfg, ShapeSpec(channels=3))).output_shape())
+    levels = list(build_neck(cfg, build_bottom_up(cfg, ShapeSpec(channels=3))).output_shape())
     cfg.MODEL.RPN.IN_FEATURES = levels
     cfg.MODEL.ROI_HEADS.IN_FEATURES = [f for f in levels if f != "p6"]
     sizes = [32, 64, 128, 256, 512]
