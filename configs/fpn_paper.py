@@ -18,6 +18,7 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 
 import fpn_plugin  # noqa: F401  (registers the embedded datasets)
 from fpn_plugin import FPNPaperROIHeads, LevelROIPooler, PaperFPN
+from fpn_plugin.bottom_up import basic_block_stages
 from fpn_plugin.data import sanitize_annotations
 from fpn_plugin.data.mapper import CheckedDatasetMapper
 
@@ -29,8 +30,9 @@ train = model_zoo.get_config("common/train.py").train
 # --- model: Base-FPN-Paper.yaml + fpn_paper.yaml ---------------------------------------------
 model.backbone = L(PaperFPN)(
     bottom_up=L(ResNet)(
-        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="BN"),
-        stages=L(ResNet.make_default_stages)(depth=18, norm="BN"),  # basic blocks: no stride_in_1x1
+        stem=L(BasicStem)(in_channels=3, out_channels=32, norm="BN"),
+        # R-18 at half width (res2..res5: 32, 64, 128, 256 channels)
+        stages=L(basic_block_stages)(depth=18, stem_channels=32, res2_channels=32, norm="BN"),
         out_features=["res2", "res3", "res4", "res5"],  # C2..C5
         freeze_at=0,
     ),
@@ -64,13 +66,13 @@ roi_heads.box_head.input_shape = ShapeSpec(channels=128, height=7, width=7)
 for key in ("mask_in_features", "mask_pooler", "mask_head"):  # boxes only, as fpn_paper.yaml
     del roi_heads[key]
 
-# --- data: the embedded shapes dataset at native resolution, 320 px crops for training -------
+# --- data: the embedded shapes dataset at native resolution, 256 px crops for training -------
 dataloader.train.dataset = L(sanitize_annotations)(
     dataset_dicts=L(get_detection_dataset_dicts)(names="fpn_shapes_train", filter_empty=False)
 )
 dataloader.train.mapper._target_ = CheckedDatasetMapper
 dataloader.train.mapper.augmentations = [
-    L(T.RandomCrop)(crop_type="absolute", crop_size=(320, 320)),
+    L(T.RandomCrop)(crop_type="absolute", crop_size=(256, 256)),
     L(T.RandomFlip)(horizontal=True),
 ]
 dataloader.train.mapper.use_instance_mask = False
@@ -81,15 +83,15 @@ dataloader.test.mapper._target_ = CheckedDatasetMapper
 dataloader.test.mapper.augmentations = []
 dataloader.test.num_workers = 1
 
-# --- schedule: 320 iterations, lr 0.02 with 50 warm-up iterations, then cosine to 0 ---------
-optimizer.lr = 0.02
+# --- schedule: 640 iterations, lr 0.04 with 50 warm-up iterations, then cosine to 0 ---------
+optimizer.lr = 0.04
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
-    warmup_length=50 / 320,
+    warmup_length=50 / 640,
     warmup_factor=0.001,
 )
-train.max_iter = 320
+train.max_iter = 640
 train.output_dir = "./output/fpn_paper_lazy"
 train.checkpointer.period = 100
-train.eval_period = 320
+train.eval_period = 640
 train.device = "cuda" if torch.cuda.is_available() else "cpu"

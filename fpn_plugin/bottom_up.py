@@ -13,10 +13,25 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 
 from .config import check_width
 
-__all__ = ["build_bottom_up", "build_resnet_any_width_backbone"]
+__all__ = ["basic_block_stages", "build_bottom_up", "build_resnet_any_width_backbone"]
 
 # Blocks per stage res2..res5 of the basic-block ResNets (He et al., Table 1).
 BASIC_BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
+
+
+def basic_block_stages(depth: int, stem_channels: int, res2_channels: int, norm: str = "BN"):
+    """Stages res2..res5 of a basic-block ResNet (depth 18 or 34) behind a stem of
+    ``stem_channels``: widths w, 2w, 4w, 8w for ``res2_channels`` w, strides 4, 8, 16, 32 (res2
+    keeps the stem's stride, each later stage halves). The argument of Detectron2's ``ResNet`` (as
+    ``ResNet.make_default_stages`` is, at width 64 only); LazyConfigs call it directly."""
+    stages, in_channels = [], stem_channels
+    for i, blocks in enumerate(BASIC_BLOCKS[depth]):
+        out_channels = res2_channels * 2**i
+        stages.append(ResNet.make_stage(block_class=BasicBlock, num_blocks=blocks,
+                                        stride_per_block=[1 if i == 0 else 2] + [1] * (blocks - 1),
+                                        in_channels=in_channels, out_channels=out_channels, norm=norm))
+        in_channels = out_channels
+    return stages
 
 
 def build_bottom_up(cfg, input_shape: ShapeSpec) -> ResNet:
@@ -39,14 +54,7 @@ def build_bottom_up(cfg, input_shape: ShapeSpec) -> ResNet:
             raise ValueError(f"MODEL.RESNETS.{key}={r[key]!r} is not available for ResNet-{r.DEPTH}, "
                              "whose basic blocks have no groups, dilation or deformable convs")
     stem = BasicStem(in_channels=input_shape.channels, out_channels=r.STEM_OUT_CHANNELS, norm=r.NORM)
-    stages, in_channels = [], r.STEM_OUT_CHANNELS
-    for i, blocks in enumerate(BASIC_BLOCKS[r.DEPTH]):
-        out_channels = r.RES2_OUT_CHANNELS * 2**i
-        first_stride = 1 if i == 0 else 2  # res2 keeps the stem's stride 4; each later stage halves
-        stages.append(ResNet.make_stage(block_class=BasicBlock, num_blocks=blocks,
-                                        stride_per_block=[first_stride] + [1] * (blocks - 1),
-                                        in_channels=in_channels, out_channels=out_channels, norm=r.NORM))
-        in_channels = out_channels
+    stages = basic_block_stages(r.DEPTH, r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS, r.NORM)
     return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
 
 

@@ -6,9 +6,11 @@ from detectron2.modeling import build_backbone, build_resnet_backbone
 
 from fpn_plugin.bottom_up import build_bottom_up
 
+FULL_WIDTH = ["MODEL.RESNETS.STEM_OUT_CHANNELS", 64, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
+
 
 def test_width_64_is_detectron2s_resnet(make_cfg):
-    cfg = make_cfg("fpn_paper.yaml", small=False)
+    cfg = make_cfg("fpn_paper.yaml", *FULL_WIDTH, small=False)
     ours, stock = build_bottom_up(cfg, ShapeSpec(channels=3)), build_resnet_backbone(cfg, ShapeSpec(channels=3))
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in stock.state_dict().items()}
 
@@ -18,7 +20,7 @@ def test_half_width_halves_every_channel_and_keeps_names(make_cfg, depth):
     """Width 32 is the width-64 network with every conv's in and out channels halved (the
     image's 3 input channels excepted), under the same parameter names."""
     common = ["MODEL.RESNETS.DEPTH", depth]
-    full = build_bottom_up(make_cfg("fpn_paper.yaml", *common, small=False), ShapeSpec(channels=3))
+    full = build_bottom_up(make_cfg("fpn_paper.yaml", *common, *FULL_WIDTH, small=False), ShapeSpec(channels=3))
     half = build_bottom_up(make_cfg("fpn_paper.yaml", *common, "MODEL.RESNETS.RES2_OUT_CHANNELS", 32,
                                     "MODEL.RESNETS.STEM_OUT_CHANNELS", 32, small=False), ShapeSpec(channels=3))
     full_sd, half_sd = full.state_dict(), half.state_dict()
