@@ -292,3 +292,54 @@ def test_old_single_seed_results_are_ignored(tmp_path, caplog):
     (tmp_path / "rpn_c" / "results.json").write_text(json.dumps({"box_proposals": {"AR@100": 99.0}}))
     assert run_ablations.finished(str(tmp_path), [42]) == {}
     assert "single-seed layout and is ignored" in caplog.text
+
+
+def test_known_summary_counts_its_seeds_as_finished(tmp_path, monkeypatch, capsys):
+    earlier, out = tmp_path / "earlier", tmp_path / "out"
+    finish(earlier, "rpn/c", 42, box_proposals={"AR@100": 20.0})
+    finish(earlier, "rpn/c", 1042, box_proposals={"AR@100": 24.0})
+    finish(earlier, "rpn/a", 42, box_proposals={"AR@100": 5.0})
+    fake = FakeTrainNet()
+    monkeypatch.setattr(run_ablations, "train_net", fake)
+    assert run_ablations.main(["--rows", "rpn/c", "rpn/a", "--seeds", "2", "--output", str(earlier)]) == 0
+    assert fake.seeds() == [1042]  # rpn/a seed 1042: AR@100 10.42
+    known = str(earlier / "summary.json")
+    finish(out, "rpn/a", 42, box_proposals={"AR@100": 7.0})  # on disk: wins over the summary's 5.0
+
+    fake.calls.clear()
+    assert run_ablations.main(["--rows", "rpn/c", "rpn/a", "rpn/b", "--seeds", "2", "--output", str(out),
+                               "--known", known]) == 0
+    assert fake.seeds() == [42, 1042]  # only row rpn/b, which the summary does not hold
+    rows = json.loads((out / "summary.json").read_text())["tables"]["rpn"]["rows"]
+    assert rows["rpn/c"]["per_seed"] == {"42": {**rows["rpn/c"]["per_seed"]["42"], "AR@100": 20.0},
+                                         "1042": {**rows["rpn/c"]["per_seed"]["1042"], "AR@100": 24.0}}
+    assert rows["rpn/c"]["seconds"] == {"42": 10.0, "1042": 10.0}
+    assert rows["rpn/a"]["per_seed"]["42"]["AR@100"] == 7.0 and rows["rpn/a"]["per_seed"]["1042"]["AR@100"] == 10.42
+    assert rows["rpn/b"]["mean"]["AR@100"] == pytest.approx((0.42 + 10.42) / 2)
+    assert not (out / "rpn_c").exists()  # nothing trained or written for the recorded seeds
+    capsys.readouterr()
+
+
+def test_fast_row_on_recorded_rpn_c_seed_says_its_proposals_are_missing(tmp_path, caplog, capsys):
+    finish(tmp_path / "earlier", "rpn/c", 42, box_proposals={"AR@100": 20.0})
+    assert run_ablations.main(["--rows", "rpn/c", "--seeds", "1", "--output", str(tmp_path / "earlier")]) == 0
+    assert run_ablations.main(["--rows", "fast/c", "--seeds", "1", "--output", str(tmp_path / "out"),
+                               "--known", str(tmp_path / "earlier" / "summary.json")]) == 2
+    assert "proposals are not: run this without --known" in caplog.text and "--rows rpn/c" in caplog.text
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "cannot be read"),
+    ("{not json", "is not a summary.json this runner wrote"),
+    (json.dumps({"tables": {"rpn": {"task": "box_proposals", "rows": {"rpn/z": {}}}}}), "unknown row 'rpn/z'"),
+])
+def test_bad_known_summary_is_refused(tmp_path, content, says, capsys):
+    path = tmp_path / "summary.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as e:
+        run_ablations.main(["--rows", "rpn/c", "--output", str(tmp_path / "out"), "--known", str(path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--known {path}" in err and says in err
+    assert not (tmp_path / "out").exists()  # refused before anything runs or is written

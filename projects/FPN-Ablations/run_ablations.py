@@ -9,7 +9,9 @@ summary.json and charts.
 Seed i of a row (i = 0 .. --seeds - 1) trains with SEED 42 + 1000 i through the repository's
 train_net.py in <output>/<row>/seed<SEED>/. A seed whose results.json exists is finished and never
 re-run; an unfinished one resumes from its last checkpoint. Seed i of a Fast R-CNN row (Table 2)
-trains on the proposals that seed i of row rpn/c writes.
+trains on the proposals that seed i of row rpn/c writes. ``--known results/summary.json`` counts the
+seeds recorded in a summary an earlier call wrote (this folder's committed results, say) as
+finished too, where the output holds no results of theirs: a new checkout goes on with the set.
 """
 import argparse
 import json
@@ -138,15 +140,43 @@ def write_atomically(path, text):
     os.replace(path + ".tmp", path)
 
 
+def known_seeds(path):
+    """row -> {seed: results} of every seed recorded in ``path``, a summary.json this runner wrote,
+    each in the shape of a seed's results.json (task -> metric -> value, "seed", "seconds")."""
+    try:
+        summary = read_json(path)
+        known = {}
+        for table in summary["tables"].values():
+            for row, entry in table["rows"].items():
+                if row not in ROWS:
+                    raise KeyError(f"unknown row {row!r}")
+                for seed, metrics in entry["per_seed"].items():
+                    known.setdefault(row, {})[int(seed)] = {
+                        # summary.json writes a NaN metric as null; a results.json holds NaN
+                        table["task"]: {m: math.nan if v is None else float(v) for m, v in metrics.items()},
+                        "seed": int(seed),
+                        "seconds": float(entry["seconds"][seed]), "known_from": path}
+    except OSError as e:
+        raise AblationError(f"--known {path}: cannot be read ({e.strerror or e})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise AblationError(
+            f"--known {path} is not a summary.json this runner wrote ({type(e).__name__}: {e})") from None
+    return known
+
+
 def run_seed(row, index, args, env):
-    """Train and evaluate seed ``index`` of one row unless finished; returns its results dict, with
-    "seed" and "seconds" (wall time, earlier interrupted attempts of this seed included)."""
+    """Train and evaluate seed ``index`` of one row unless finished (in the output, or recorded in
+    ``args.known``); returns its results dict, with "seed" and "seconds" (wall time, earlier
+    interrupted attempts of this seed included)."""
     seed = seed_of(index)
     out = seed_dir(args.output, row, seed)
     done = os.path.join(out, "results.json")
     if os.path.isfile(done):
         logger.info("%s seed %d: finished earlier, not re-run (%s)", row, seed, done)
         return read_json(done)
+    if seed in args.known.get(row, {}):
+        logger.info("%s seed %d: finished earlier, not re-run (recorded in %s)", row, seed, args.known_path)
+        return args.known[row][seed]
     config = os.path.join(HERE, "configs", ROWS[row][0])
     opts = ["OUTPUT_DIR", out, "SEED", seed, "DATASETS.TRAIN", f"('{args.train}',)",
             "DATASETS.TEST", f"('{args.test}',)"]
@@ -154,10 +184,12 @@ def run_seed(row, index, args, env):
         train_props, test_props = proposal_files(args.output, seed, args.train, args.test)
         missing = [p for p in (train_props, test_props) if not os.path.isfile(p)]
         if missing:
+            recorded = (f" (its metrics are recorded in {args.known_path}, its proposals are not: run this "
+                        f"without --known)") if seed in args.known.get("rpn/c", {}) else ""
             raise AblationError(
                 f"{row} seed {seed} trains on the proposals of seed {seed} of row rpn/c, and {missing[0]} "
-                f"does not exist; make them first: {os.path.relpath(__file__, ROOT)} --rows rpn/c --seeds "
-                f"{index + 1} --output {args.output} --train {args.train} --test {args.test}"
+                f"does not exist; make them first{recorded}: {os.path.relpath(__file__, ROOT)} --rows rpn/c "
+                f"--seeds {index + 1} --output {args.output} --train {args.train} --test {args.test}"
             )
         opts += ["DATASETS.PROPOSAL_FILES_TRAIN", f"('{train_props}',)",
                  "DATASETS.PROPOSAL_FILES_TEST", f"('{test_props}',)"]
@@ -181,9 +213,10 @@ def run_seed(row, index, args, env):
     return results
 
 
-def finished(output, seeds):
-    """row -> {seed: results} of every finished seed among ``seeds``, for every row on disk."""
-    per_seed = {}
+def finished(output, seeds, known=None):
+    """row -> {seed: results} of every finished seed among ``seeds``, for every row on disk or in
+    ``known`` (row -> {seed: results}; a seed's results on disk win)."""
+    per_seed = {row: {s: r for s, r in runs.items() if s in seeds} for row, runs in (known or {}).items()}
     for row in ROWS:
         old = os.path.join(row_dir(output, row), "results.json")
         if os.path.isfile(old):
@@ -244,6 +277,8 @@ def main(argv=None):
     parser.add_argument("--output", default=os.path.join(ROOT, "output", "fpn_ablations"))
     parser.add_argument("--train", default="fpn_shapes_train", help="training dataset (registered name)")
     parser.add_argument("--test", default="fpn_shapes_val", help="evaluation dataset (registered name)")
+    parser.add_argument("--known", metavar="SUMMARY", help="a summary.json an earlier call wrote: its seeds "
+                        "count as finished where the output has no results of theirs")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
@@ -253,6 +288,12 @@ def main(argv=None):
         parser.error(str(e))
     if "SEED" in args.opts[::2]:
         parser.error("--opts SEED: the runner sets SEED itself, one per seed; choose their number with --seeds")
+    args.known_path, args.known = args.known, {}
+    if args.known_path:
+        try:
+            args.known = known_seeds(args.known_path)
+        except AblationError as e:
+            parser.error(str(e))
     args.output = os.path.abspath(args.output)
     os.makedirs(args.output, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
@@ -265,7 +306,7 @@ def main(argv=None):
                 return 2
     # Finished seeds of earlier calls, also of rows not asked for now, join the tables too.
     seeds = seed_values(args.seeds)
-    for line in write_outputs(finished(args.output, seeds), seeds, args.output):
+    for line in write_outputs(finished(args.output, seeds, args.known), seeds, args.output):
         print(line)
     return 0
 
