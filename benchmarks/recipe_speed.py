@@ -3,8 +3,10 @@
 by side in one process: one iteration of each recipe in turn, round-robin, so every recipe sees
 the same machine load. Prints the median s/iter of each and its ratio to the first.
 
-    python benchmarks/recipe_speed.py --recipe old configs/fpn_paper.yaml MODEL.RESNETS.DEPTH 50 \
-        --recipe new configs/fpn_paper.yaml --iters 10
+    python benchmarks/recipe_speed.py --iters 8 --warmup 2 \
+        --recipe previous configs/fpn_paper.yaml MODEL.RESNETS.STEM_OUT_CHANNELS 64 \
+            MODEL.RESNETS.RES2_OUT_CHANNELS 64 INPUT.CROP.SIZE "[320,320]" SOLVER.BASE_LR 0.02 \
+        --recipe new configs/fpn_paper.yaml
 
 A recipe is a name, a config file and optional overrides. The first iterations (``--warmup``)
 of each are not counted: they include the data loader's start and one-time allocations.
