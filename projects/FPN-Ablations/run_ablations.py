@@ -155,7 +155,7 @@ def known_seeds(path):
                         # summary.json writes a NaN metric as null; a results.json holds NaN
                         table["task"]: {m: math.nan if v is None else float(v) for m, v in metrics.items()},
                         "seed": int(seed),
-                        "seconds": float(entry["seconds"][seed]), "known_from": path}
+                        "seconds": float(entry["seconds"][seed])}
     except OSError as e:
         raise AblationError(f"--known {path}: cannot be read ({e.strerror or e})") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
