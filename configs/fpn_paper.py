@@ -24,7 +24,7 @@ from fpn_plugin.data.mapper import CheckedDatasetMapper
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
-optimizer = model_zoo.get_config("common/optim.py").SGD
+optimizer = model_zoo.get_config("common/optim.py").AdamW
 train = model_zoo.get_config("common/train.py").train
 
 # --- model: Base-FPN-Paper.yaml + fpn_paper.yaml ---------------------------------------------
@@ -83,8 +83,10 @@ dataloader.test.mapper._target_ = CheckedDatasetMapper
 dataloader.test.mapper.augmentations = []
 dataloader.test.num_workers = 1
 
-# --- schedule: 640 iterations, lr 0.04 with 50 warm-up iterations, then cosine to 0 ---------
-optimizer.lr = 0.04
+# --- schedule: AdamW, 640 iterations, lr 0.0005 with 50 warm-up iterations, then cosine to 0
+optimizer.lr = 0.0005
+optimizer.weight_decay = 0.05  # on conv and fc weights; none on norm layers and biases
+optimizer.params.weight_decay_bias = 0.0
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
     warmup_length=50 / 640,

@@ -1,4 +1,5 @@
-"""The plugin's config keys: one namespace, ``MODEL.FPN_PAPER``, with the paper's defaults.
+"""The plugin's config keys: ``MODEL.FPN_PAPER``, with the paper's defaults, and
+``SOLVER.OPTIMIZER``.
 
 Detectron2's own keys keep their meaning (``MODEL.FPN.IN_FEATURES``, ``MODEL.FPN.NORM``,
 ``MODEL.FPN.FUSE_TYPE``, ``MODEL.FPN.OUT_CHANNELS``, the RPN, anchor and ROI-head keys); the keys
@@ -13,10 +14,15 @@ __all__ = ["add_fpn_paper_config", "load_config", "check_choice", "check_width"]
 
 
 def add_fpn_paper_config(cfg):
-    """Add ``MODEL.FPN_PAPER.*`` to a Detectron2 config, in place, and return it.
+    """Add ``MODEL.FPN_PAPER.*`` and ``SOLVER.OPTIMIZER`` to a Detectron2 config, in place, and
+    return it.
 
     Calling it twice is harmless: keys already present keep their values.
     """
+    if "OPTIMIZER" not in cfg.SOLVER:
+        # "SGD" (Detectron2's: SGD with SOLVER.MOMENTUM) or "ADAMW"; the key and spelling of
+        # Detectron2's DETR and MaskFormer projects. Read by fpn_plugin.engine.Trainer.
+        cfg.SOLVER.OPTIMIZER = "SGD"
     if "FPN_PAPER" in cfg.MODEL:
         return cfg
     _C = cfg.MODEL.FPN_PAPER = CN()

@@ -1,27 +1,35 @@
 """The trainer of the plugin's jobs: Detectron2's DefaultTrainer with COCOEvaluator, the checked
-data path, ``eval_results.json`` written by :meth:`Trainer.test`, DDP on CPU (gloo), and
-checkpoints that survive a kill (:class:`fpn_plugin.checkpoint.AtomicCheckpointer`).
+data path, ``eval_results.json`` written by :meth:`Trainer.test`, DDP on CPU (gloo), checkpoints
+that survive a kill (:class:`fpn_plugin.checkpoint.AtomicCheckpointer`), and SGD or AdamW
+(``SOLVER.OPTIMIZER``).
 """
 import json
 import logging
 import os
 import weakref
 
+import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import COCOEvaluator
+from detectron2.solver import get_default_optimizer_params
+from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from .checkpoint import AtomicCheckpointer, atomic_write
+from .config import check_choice
 from .data import check_has_masks, check_proposal_files, sanitize_annotations
 from .data.mapper import CheckedDatasetMapper
 
-__all__ = ["Trainer", "EVAL_RESULTS"]
+__all__ = ["Trainer", "EVAL_RESULTS", "OPTIMIZERS"]
 
 logger = logging.getLogger(__name__)
 
 #: File in OUTPUT_DIR holding the last evaluation's results (task -> metric -> value).
 EVAL_RESULTS = "eval_results.json"
+
+#: Values of SOLVER.OPTIMIZER.
+OPTIMIZERS = ("SGD", "ADAMW")
 
 
 class Trainer(DefaultTrainer):
@@ -63,6 +71,25 @@ class Trainer(DefaultTrainer):
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if self.checkpointer.resumed_from:
             self.start_iter = self.iter + 1  # the checkpoint holds the iteration that finished
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """The optimizer SOLVER.OPTIMIZER names. "SGD": Detectron2's (SGD with SOLVER.MOMENTUM).
+        "ADAMW": AdamW (betas 0.9, 0.999) at SOLVER.BASE_LR with decoupled weight decay
+        SOLVER.WEIGHT_DECAY. Both take Detectron2's parameter groups (WEIGHT_DECAY_NORM,
+        WEIGHT_DECAY_BIAS, BIAS_LR_FACTOR) and its gradient clipping (SOLVER.CLIP_GRADIENTS)."""
+        check_choice(cfg.SOLVER.OPTIMIZER, OPTIMIZERS, "SOLVER.OPTIMIZER")
+        if cfg.SOLVER.OPTIMIZER == "SGD":
+            return super().build_optimizer(cfg, model)
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        adamw = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
+        return adamw(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
     def build_writers(self):
         self._writers = super().build_writers()  # kept for build_hooks

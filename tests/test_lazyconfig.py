@@ -27,6 +27,27 @@ def test_lazy_model_equals_yaml_model(make_cfg):
     assert a.pixel_std.tolist() == b.pixel_std.tolist()
 
 
+def test_lazy_optimizer_equals_yaml_optimizer(make_cfg):
+    from fpn_plugin.engine import Trainer
+
+    lazy = LazyConfig.load(os.path.join(CONFIGS, "fpn_paper.py"))
+    cfg = make_cfg("fpn_paper.yaml")
+    model = build_model(cfg)
+    lazy.optimizer.params.model = model
+    a, b = instantiate(lazy.optimizer), Trainer.build_optimizer(cfg, model)
+    assert isinstance(a, torch.optim.AdamW) and isinstance(b, torch.optim.AdamW)
+
+    def groups(opt):  # (lr, weight decay, betas) -> parameter elements
+        out = {}
+        for g in opt.param_groups:
+            key = (g["lr"], g["weight_decay"], tuple(g["betas"]))
+            out[key] = out.get(key, 0) + sum(p.numel() for p in g["params"])
+        return out
+
+    assert groups(a) == groups(b)
+    assert {k[:2] for k in groups(a)} == {(0.0005, 0.0), (0.0005, 0.05)}
+
+
 def test_lazy_config_trains_two_iterations(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     lazy = LazyConfig.load(os.path.join(CONFIGS, "fpn_paper.py"))
