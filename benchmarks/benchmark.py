@@ -152,9 +152,10 @@ def batch(n, h, w, device, train):
     return out
 
 
-def round_robin(fns, point, repeats, warmup=1, device="cpu"):
-    """Median milliseconds of ``fns[model][point]()`` per model. The models take turns repeat by
-    repeat, so that none runs on a colder cache or a busier machine than another."""
+def round_robin_samples(fns, point, repeats, warmup=1, device="cpu"):
+    """Milliseconds of every timed call of ``fns[model][point]()``, per model, in call order.
+    The models take turns repeat by repeat, so that none runs on a colder cache or a busier
+    machine than another, and sample i of one model is paired with sample i of each other."""
     samples = {name: [] for name in fns}
     for name in fns:
         for _ in range(warmup):
@@ -166,7 +167,12 @@ def round_robin(fns, point, repeats, warmup=1, device="cpu"):
             fns[name][point]()
             sync(device)
             samples[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return samples
+
+
+def round_robin(fns, point, repeats, warmup=1, device="cpu"):
+    """Median milliseconds of ``fns[model][point]()`` per model (see :func:`round_robin_samples`)."""
+    return {name: statistics.median(v) for name, v in round_robin_samples(fns, point, repeats, warmup, device).items()}
 
 
 def main(argv=None):

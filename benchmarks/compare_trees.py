@@ -7,8 +7,15 @@ process times Detectron2's stock FPN and the plugin side by side (round-robin, s
 inputs, the points of ``benchmark.py``), and the plugin/stock ratio carries the comparison:
 stock's code is the same in every run, so it absorbs what the machine does between runs. The
 parent starts the workers of the two trees in turn, in the order A B B A, A B B A, ... (so a
-drift over time weighs on both alike), and prints per tree the median of the per-run ratios,
-their spread, and after/before.
+drift over time weighs on both alike), and prints per tree the runs' ratios (their geometric
+mean and spread) and after/before.
+
+Within a run, timed call i of stock and call i of the plugin are a pair; a run's ratio is the
+geometric mean of its pairs' plugin/stock ratios, and after/before is the geometric mean of the
+after runs' ratios over that of the before runs. Its 95% interval is a bootstrap over runs (runs
+of each tree resampled with replacement, seeded), so a change is shown within a tolerance only
+when the whole interval is (``--tolerance``, default 2%). ``--threads 1`` times single-threaded:
+on a small VM a parallel region waits for its slowest thread, which scatters 2-thread timings.
 
     python benchmarks/compare_trees.py --before /path/to/old/checkout --after . --rounds 4
 
@@ -19,6 +26,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -28,14 +36,32 @@ import torch
 POINTS = ("neck_ms", "infer_b1_ms_per_image", "infer_b8_ms_per_image", "train_b4_ms")
 
 
+def paired_ratio(stock, plugin):
+    """Geometric mean of plugin[i] / stock[i] over the paired samples of one run."""
+    return statistics.geometric_mean(p / s for s, p in zip(stock, plugin, strict=True))
+
+
+def after_over_before(before, after, draws=2000, seed=0):
+    """(estimate, low, high): geometric mean of the ``after`` run ratios over that of the
+    ``before`` ones, and its 95% bootstrap interval (each tree's runs resampled with replacement,
+    ``draws`` times, from a seeded generator)."""
+    def ratio(b, a):
+        return statistics.geometric_mean(a) / statistics.geometric_mean(b)
+
+    rng = random.Random(seed)
+    boot = sorted(ratio(rng.choices(before, k=len(before)), rng.choices(after, k=len(after))) for _ in range(draws))
+    return ratio(before, after), boot[int(0.025 * draws)], boot[int(0.975 * draws) - 1]
+
+
 def worker(h, w, repeats, points):
-    """Times stock and plugin in this process; returns {model: {point: median ms}}."""
+    """Times stock and plugin in this process; returns {"medians": {model: {point: median ms}},
+    "paired": {point: this run's paired plugin/stock ratio}}."""
     from detectron2.config import get_cfg
     from detectron2.model_zoo import get_config_file
     from detectron2.modeling import build_model
 
     import fpn_plugin
-    from benchmark import batch, point_functions, round_robin  # this folder's: the same points
+    from benchmark import batch, point_functions, round_robin_samples  # this folder's: the same points
 
     cfg = get_cfg()
     fpn_plugin.add_fpn_paper_config(cfg)
@@ -50,17 +76,21 @@ def worker(h, w, repeats, points):
     models["plugin"].load_state_dict(copy.deepcopy(models["stock"].state_dict()))
     one, eight, four = batch(1, h, w, "cpu", False), batch(8, h, w, "cpu", False), batch(4, h, w, "cpu", True)
     fns = {name: point_functions(name, m, one, eight, four) for name, m in models.items()}
-    out = {name: {} for name in models}
+    out, paired = {name: {} for name in models}, {}
     for point in points:
-        for name, ms in round_robin(fns, point, repeats).items():
-            out[name][point] = ms / (8 if point == "infer_b8_ms_per_image" else 1)
-    return {"fpn_plugin": fpn_plugin.__file__, "medians": out}
+        samples = round_robin_samples(fns, point, repeats)
+        for name, ms in samples.items():
+            out[name][point] = statistics.median(ms) / (8 if point == "infer_b8_ms_per_image" else 1)
+        paired[point] = paired_ratio(samples["stock"], samples["plugin"])
+    return {"fpn_plugin": fpn_plugin.__file__, "medians": out, "paired": paired}
 
 
 def run_worker(tree, args):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--size", *map(str, args.size),
            "--repeats", str(args.repeats), "--points", *args.points]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"worker for {tree} failed:\n{done.stderr[-3000:]}")
@@ -75,9 +105,15 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per point and model in a run")
     parser.add_argument("--size", nargs=2, type=int, default=[160, 256], metavar=("H", "W"))
     parser.add_argument("--points", nargs="+", default=list(POINTS), choices=POINTS, help="what to time (default all)")
-    parser.add_argument("--json", help="write every run's medians here")
+    parser.add_argument("--threads", type=int, help="torch threads in each run (default: torch's)")
+    parser.add_argument("--tolerance", type=float, default=0.02, help="after/before must lie within 1 +- this")
+    parser.add_argument("--json", help="write every run's medians and ratios here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads {args.threads}: give 1 or more")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(worker(*args.size, args.repeats, args.points)))
         return 0
@@ -95,16 +131,20 @@ def main(argv=None):
             print(f"round {r + 1} {name}: {result['fpn_plugin']}", file=sys.stderr)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size[0]}x{args.size[1]}, "
-          f"{args.rounds * 2} runs per tree, {args.repeats} repeats per point in a run\n")
-    print("| point | plugin/stock before: median (min-max) | after: median (min-max) | after/before |")
-    print("|---|---|---|---|")
+          f"{args.rounds * 2} runs per tree, {args.repeats} paired calls per point in a run\n")
+    print("| point | plugin/stock before: runs' geometric mean (min-max) | after | after/before (95% interval) "
+          f"| within {args.tolerance:.0%} |")
+    print("|---|---|---|---|---|")
     summary = {}
     for p in args.points:
-        ratios = {n: [r["medians"]["plugin"][p] / r["medians"]["stock"][p] for r in runs[n]] for n in runs}
-        med = {n: statistics.median(v) for n, v in ratios.items()}
-        summary[p] = {"ratios": ratios, "after_over_before": med["after"] / med["before"]}
-        cells = [f"{med[n]:.3f} ({min(ratios[n]):.3f}-{max(ratios[n]):.3f})" for n in ("before", "after")]
-        print(f"| {p} | {cells[0]} | {cells[1]} | {med['after'] / med['before']:.3f} |")
+        ratios = {n: [r["paired"][p] for r in runs[n]] for n in runs}
+        est, low, high = after_over_before(ratios["before"], ratios["after"])
+        within = 1 - args.tolerance <= low and high <= 1 + args.tolerance
+        summary[p] = {"ratios": ratios, "after_over_before": est, "interval95": [low, high], "within": within}
+        cells = [f"{statistics.geometric_mean(ratios[n]):.3f} "
+                 f"({min(ratios[n]):.3f}-{max(ratios[n]):.3f})" for n in ("before", "after")]
+        verdict = "yes" if within else ("no" if low > 1 + args.tolerance or high < 1 - args.tolerance else "not shown")
+        print(f"| {p} | {cells[0]} | {cells[1]} | {est:.3f} ({low:.3f}-{high:.3f}) | {verdict} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"runs": runs, "summary": summary}, f, indent=2)
