@@ -28,6 +28,16 @@ def small_model_opts():
 
     return list(flat("MODEL", model))
 
+def elements_by_group(optimizer, *keys):
+    """(values of ``keys`` in a param group) -> number of parameter elements in such groups, summed
+    over the optimizer's groups: what an optimizer applies to how much of the model."""
+    out = {}
+    for group in optimizer.param_groups:
+        key = tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in (group[k] for k in keys))
+        out[key] = out.get(key, 0) + sum(p.numel() for p in group["params"])
+    return out
+
+
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit deprecation at import
 
 

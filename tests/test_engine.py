@@ -1,16 +1,9 @@
 """The trainer's optimizer choice (SOLVER.OPTIMIZER)."""
 import pytest
 import torch
+from conftest import elements_by_group
 
 from fpn_plugin.engine import Trainer
-
-
-def _groups_by_decay(optimizer):
-    """weight decay -> number of parameter elements the optimizer applies it to."""
-    out = {}
-    for g in optimizer.param_groups:
-        out[g["weight_decay"]] = out.get(g["weight_decay"], 0) + sum(p.numel() for p in g["params"])
-    return out
 
 
 def test_sgd_is_detectron2s_optimizer(make_cfg):
@@ -34,13 +27,13 @@ def test_adamw_takes_detectron2s_parameter_groups_and_clipping(make_cfg):
     assert isinstance(opt, torch.optim.AdamW)
     assert {g["lr"] for g in opt.param_groups} == {0.001}
     # decay 0.05 on conv and fc weights; none on the (trainable, BN) norm layers and on biases
-    expected = {0.0: 0, 0.05: 0}
+    expected = {(0.0,): 0, (0.05,): 0}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             no_decay = "Norm" in type(module).__name__ or name == "bias"
-            expected[0.0 if no_decay else 0.05] += p.numel()
-    assert expected[0.0] > 0 and expected[0.05] > 0
-    assert _groups_by_decay(opt) == expected
+            expected[(0.0,) if no_decay else (0.05,)] += p.numel()
+    assert expected[(0.0,)] > 0 and expected[(0.05,)] > 0
+    assert elements_by_group(opt, "weight_decay") == expected
     # one step on a huge gradient: clipped per parameter to norm 1e-3 before AdamW's update
     p = next(model.parameters())
     for q in model.parameters():

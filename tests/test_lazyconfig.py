@@ -6,7 +6,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 
-from conftest import CONFIGS
+from conftest import CONFIGS, elements_by_group
 
 
 def test_lazy_model_equals_yaml_model(make_cfg):
@@ -36,16 +36,9 @@ def test_lazy_optimizer_equals_yaml_optimizer(make_cfg):
     lazy.optimizer.params.model = model
     a, b = instantiate(lazy.optimizer), Trainer.build_optimizer(cfg, model)
     assert isinstance(a, torch.optim.AdamW) and isinstance(b, torch.optim.AdamW)
-
-    def groups(opt):  # (lr, weight decay, betas) -> parameter elements
-        out = {}
-        for g in opt.param_groups:
-            key = (g["lr"], g["weight_decay"], tuple(g["betas"]))
-            out[key] = out.get(key, 0) + sum(p.numel() for p in g["params"])
-        return out
-
-    assert groups(a) == groups(b)
-    assert {k[:2] for k in groups(a)} == {(0.0005, 0.0), (0.0005, 0.05)}
+    keys = ("lr", "weight_decay", "betas")
+    assert elements_by_group(a, *keys) == elements_by_group(b, *keys)
+    assert {k[:2] for k in elements_by_group(a, *keys)} == {(0.0005, 0.0), (0.0005, 0.05)}
 
 
 def test_lazy_config_trains_two_iterations(tmp_path, monkeypatch):
