@@ -28,6 +28,7 @@ def small_model_opts():
 
     return list(flat("MODEL", model))
 
+
 def elements_by_group(optimizer, *keys):
     """(values of ``keys`` in a param group) -> number of parameter elements in such groups, summed
     over the optimizer's groups: what an optimizer applies to how much of the model."""
