@@ -166,11 +166,16 @@ def _draw_image(spec: ShapesSpec, index: int):
             x1, y1 = pts.max(0)
             if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
                 continue
-            mask = Image.new("L", (w, h), 0)
-            ImageDraw.Draw(mask).polygon([tuple(p) for p in pts], fill=255)
-            if np.any(np.asarray(occupied)[np.asarray(mask) > 0]):
+            # The shape's mask on a window of its box (with room for the dilation) rather than the
+            # whole image: the same pixels, tested and marked at a fraction of the cost (dense
+            # splits try hundreds of placements per image).
+            left, top = max(int(x0) - 2, 0), max(int(y0) - 2, 0)
+            right, bottom = min(math.ceil(x1) + 3, w), min(math.ceil(y1) + 3, h)
+            mask = Image.new("L", (right - left, bottom - top), 0)
+            ImageDraw.Draw(mask).polygon([tuple(p) for p in pts - (left, top)], fill=255)
+            if np.any(np.asarray(occupied.crop((left, top, right, bottom)))[np.asarray(mask) > 0]):
                 continue
-            occupied.paste(255, mask=mask.filter(ImageFilter.MaxFilter(3)))
+            occupied.paste(255, (left, top, right, bottom), mask=mask.filter(ImageFilter.MaxFilter(3)))
             draw.polygon([tuple(p) for p in pts], fill=_contrasting_colour(rng, image, pts))
             annos.append({
                 "category_id": cat + 1,
