@@ -43,16 +43,16 @@ model.backbone = L(PaperFPN)(
 )
 model.pixel_std = [1.0, 1.0, 1.0]  # Detectron2's default, as the YAML job uses
 model.proposal_generator.head.in_channels = 128
-model.proposal_generator.anchor_generator.sizes = [[14], [28], [56], [112], [224]]  # fitted to the data
+model.proposal_generator.anchor_generator.sizes = [[13], [26], [52], [104], [208]]  # fitted to the data
 model.proposal_generator.pre_nms_topk = (1000, 1000)
 model.proposal_generator.post_nms_topk = (256, 1000)
 
 
 def level_pooler(output_size):
-    """Eq. 1 pooler over P2..P5 with k0 = 4 and the canonical size fitted to the data (40 px)."""
+    """Eq. 1 pooler over P2..P5 with k0 = 4 and the canonical size fitted to the data (37 px)."""
     return L(LevelROIPooler)(
         output_size=output_size, scales=(1 / 4, 1 / 8, 1 / 16, 1 / 32), sampling_ratio=0,
-        pooler_type="ROIAlignV2", canonical_box_size=40, canonical_level=4, level_rounding="floor",
+        pooler_type="ROIAlignV2", canonical_box_size=37, canonical_level=4, level_rounding="floor",
     )
 
 
@@ -66,9 +66,9 @@ roi_heads.box_head.input_shape = ShapeSpec(channels=128, height=7, width=7)
 for key in ("mask_in_features", "mask_pooler", "mask_head"):  # boxes only, as fpn_paper.yaml
     del roi_heads[key]
 
-# --- data: the embedded shapes dataset at native resolution, 256 px crops for training -------
+# --- data: the embedded shapes dataset (dense training split) at native resolution, 256 px crops
 dataloader.train.dataset = L(sanitize_annotations)(
-    dataset_dicts=L(get_detection_dataset_dicts)(names="fpn_shapes_train", filter_empty=False)
+    dataset_dicts=L(get_detection_dataset_dicts)(names="fpn_shapes_train_dense", filter_empty=False)
 )
 dataloader.train.mapper._target_ = CheckedDatasetMapper
 dataloader.train.mapper.augmentations = [

@@ -1,4 +1,5 @@
 """The embedded dataset: determinism, the size mix, exact masks, safe generation, bad files."""
+import dataclasses
 import json
 import logging
 import os
@@ -44,6 +45,24 @@ def test_default_split_has_small_medium_and_large(tmp_path):
     assert min(small, medium, large) > 0.2, (small, medium, large)  # each COCO class >= 20%
     sides = np.sqrt(areas)  # sqrt(area) is drawn within 8..200 px; the smallest are genuinely small
     assert 8 - 1e-6 <= sides.min() < 10 and 150 < sides.max() <= 200 + 1e-6
+
+
+def test_dense_split_has_more_objects_of_the_same_law(tmp_path):
+    """The main job's training split: more shapes per image than the validation law gives, the
+    same size classes, and still no two shapes sharing a pixel."""
+    dense, sparse = SPLITS["fpn_shapes_train_dense"], SPLITS["fpn_shapes_train"]
+    assert (dense.max_objects, sparse.max_objects) == (24, 12)
+    assert dense.object_size == sparse.object_size == SPLITS["fpn_shapes_val"].object_size
+    coco = {name: read(generate_shapes(dataclasses.replace(spec, num_images=24), str(tmp_path / name)))
+            for name, spec in (("dense", dense), ("sparse", sparse))}
+    assert len(coco["dense"]["annotations"]) > 1.4 * len(coco["sparse"]["annotations"])
+    areas = np.array([a["area"] for a in coco["dense"]["annotations"]])
+    assert min((areas < 32 ** 2).mean(), (areas >= 96 ** 2).mean()) > 0.15
+    for im in coco["dense"]["images"]:  # no overlap: each polygon stays its shape's exact mask
+        rles = [mask_util.frPyObjects(a["segmentation"], im["height"], im["width"])[0]
+                for a in coco["dense"]["annotations"] if a["image_id"] == im["id"]]
+        if rles:
+            assert mask_util.decode(rles).astype(int).sum(-1).max() == 1, im["file_name"]
 
 
 def test_polygons_are_exact_masks(tmp_path):

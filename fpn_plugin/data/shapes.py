@@ -45,10 +45,16 @@ class ShapesSpec:
     seed: int = 0
 
 
-#: The registered splits. The default main job trains on ``fpn_shapes_train`` and evaluates on
-#: ``fpn_shapes_val``; the ``tiny`` ones are for tests and quick checks.
+#: The registered splits. The main job trains on ``fpn_shapes_train_dense`` and evaluates on
+#: ``fpn_shapes_val``; the ablation project trains on ``fpn_shapes_train``, which has the
+#: validation split's law. The dense split draws up to 24 objects per image instead of 12, from
+#: the same size law (9.2 per image on average against 5.5; large shapes find room least
+#: often): a 256 px training crop holds 1.7 times the objects for the same arithmetic, and the
+#: box head, what a short schedule runs out of time on, sees that much more foreground. The
+#: ``tiny`` splits are for tests and quick checks.
 SPLITS: Dict[str, ShapesSpec] = {
     "fpn_shapes_train": ShapesSpec(num_images=1000, seed=1),
+    "fpn_shapes_train_dense": ShapesSpec(num_images=1000, max_objects=24, seed=1),
     "fpn_shapes_val": ShapesSpec(num_images=100, seed=2),
     "fpn_shapes_tiny_train": ShapesSpec(
         num_images=8, image_size=(64, 100), object_size=(8, 60), max_objects=4, seed=3
