@@ -46,8 +46,8 @@ class ShapesSpec:
 
 
 #: The registered splits. The main job trains on ``fpn_shapes_train_dense`` and evaluates on
-#: ``fpn_shapes_val``; the ablation project trains on ``fpn_shapes_train``, which has the
-#: validation split's law. The dense split draws up to 24 objects per image instead of 12, from
+#: ``fpn_shapes_val``; the ablation project trains on ``fpn_shapes_train``, drawn as the
+#: validation split is. The dense split draws up to 24 objects per image instead of 12, from
 #: the same size law (9.2 per image on average against 5.5; large shapes find room least
 #: often): a 256 px training crop holds 1.7 times the objects for the same arithmetic, and the
 #: box head, what a short schedule runs out of time on, sees that much more foreground. The
