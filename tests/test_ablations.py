@@ -256,6 +256,29 @@ def test_seeds_resume_a_half_finished_set(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
 
 
+STOPPED_BY_SIGTERM = """
+import os, signal, sys, time
+sys.path.insert(0, {project!r})
+import run_ablations
+
+def train_net(*args, env):  # the seed in flight when `kill` arrives
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+
+run_ablations.train_net = train_net
+sys.exit(run_ablations.main(["--rows", "rpn/a", "--seeds", "1", "--output", {output!r}]))
+"""
+
+
+def test_sigterm_keeps_the_time_of_the_seed_in_flight(tmp_path):
+    script = STOPPED_BY_SIGTERM.format(project=PROJECT, output=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + 15, proc.stderr  # by default SIGTERM ends it at once: -15
+    spent = float((tmp_path / "rpn_a" / "seed42" / "seconds_spent").read_text())
+    assert 0.0 <= spent < 30.0  # recorded when the signal came, not after the sleep
+    assert not (tmp_path / "rpn_a" / "seed42" / "results.json").exists()  # not finished
+
+
 def test_fast_rows_use_the_proposals_of_the_same_seed_of_rpn_c(tmp_path, monkeypatch, caplog):
     fake = FakeTrainNet()
     monkeypatch.setattr(run_ablations, "train_net", fake)

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -269,6 +270,13 @@ def write_charts(summary, output):
         plt.close(fig)
 
 
+def exit_on_sigterm(signum, frame):
+    """`kill` (SIGTERM) stops the runner as Ctrl-C does: by an exception, so the seed in flight
+    records its time in seconds_spent and subprocess.run stops its train_net.py; Python's default
+    for SIGTERM ends the process on the spot and the attempt's time would be lost."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"rows to run: {', '.join(ROWS)}")
@@ -296,6 +304,7 @@ def main(argv=None):
             parser.error(str(e))
     args.output = os.path.abspath(args.output)
     os.makedirs(args.output, exist_ok=True)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     for row in rows:
         for index in range(args.seeds):
