@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -277,6 +278,13 @@ def test_sigterm_keeps_the_time_of_the_seed_in_flight(tmp_path):
     spent = float((tmp_path / "rpn_a" / "seed42" / "seconds_spent").read_text())
     assert 0.0 <= spent < 30.0  # recorded when the signal came, not after the sleep
     assert not (tmp_path / "rpn_a" / "seed42" / "results.json").exists()  # not finished
+
+
+def test_main_leaves_the_callers_sigterm_handler(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_ablations, "train_net", FakeTrainNet())
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_ablations.main(["--rows", "rpn/a", "--seeds", "1", "--output", str(tmp_path)]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_fast_rows_use_the_proposals_of_the_same_seed_of_rpn_c(tmp_path, monkeypatch, caplog):

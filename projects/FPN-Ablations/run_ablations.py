@@ -304,15 +304,18 @@ def main(argv=None):
             parser.error(str(e))
     args.output = os.path.abspath(args.output)
     os.makedirs(args.output, exist_ok=True)
-    signal.signal(signal.SIGTERM, exit_on_sigterm)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    for row in rows:
-        for index in range(args.seeds):
-            try:
-                run_seed(row, index, args, env)
-            except AblationError as e:
-                logger.error("%s", e)
-                return 2
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        for row in rows:
+            for index in range(args.seeds):
+                try:
+                    run_seed(row, index, args, env)
+                except AblationError as e:
+                    logger.error("%s", e)
+                    return 2
+    finally:  # a caller's own handler comes back (tests call main in their process)
+        signal.signal(signal.SIGTERM, previous)
     # Finished seeds of earlier calls, also of rows not asked for now, join the tables too.
     seeds = seed_values(args.seeds)
     for line in write_outputs(finished(args.output, seeds, args.known), seeds, args.output):
