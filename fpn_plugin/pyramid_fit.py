@@ -2,148 +2,26 @@
 
 For a dataset's ground-truth boxes, measured in the pixels the model sees (each image resized as
 at test time and padded as the model pads it), this tells which level Eq. 1 pools each box from,
-how well the RPN's anchors cover the boxes (the best IoU of each box with the anchors Detectron2's
-anchor generator places on the image's grid, per COCO size class), which levels are empty or
+how well the RPN's anchors cover the boxes (:mod:`fpn_plugin.anchor_coverage`: best anchor IoU
+and RPN positives per box, per COCO size class), which levels are empty or
 overloaded, and which anchor sizes and canonical size would fit the data. Every size here is in
 input pixels (after the test-time resize), the unit anchors and Eq. 1 are in.
 """
 import logging
 import math
-from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple
 
 import numpy as np
 import torch
-from detectron2.data.transforms import ResizeShortestEdge
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.anchor_generator import build_anchor_generator
-from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
+from .anchor_coverage import (GtBoxes, anchor_coverage, build_anchors, build_matcher, coverage_table, feature_levels,
+                              nearest_anchor_iou, positives_table)
 from .poolers import roi_levels
 
-__all__ = ["GtBoxes", "gt_boxes", "feature_levels", "build_anchors", "anchor_coverage", "nearest_anchor_iou",
-           "coverage_table", "level_counts", "level_warnings", "canonical_size_for", "suggest_pyramid",
-           "fit_pyramid", "format_report", "SIZE_CLASSES"]
+__all__ = ["level_counts", "level_warnings", "canonical_size_for", "Suggestion", "suggest_pyramid", "fit_pyramid",
+           "format_report"]
 
 logger = logging.getLogger(__name__)
-
-#: COCO's size classes, by box area w*h in the original image: [low, high) in px^2.
-SIZE_CLASSES = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, math.inf))
-THRESHOLDS = (0.5, 0.7)
-
-
-@dataclass
-class GtBoxes:
-    """Ground-truth boxes at the model's input scale. ``boxes``: (N, 4) XYXY in input pixels;
-    ``image``: (N,) index of each box's image, non-decreasing; ``padded``: (M, 2) padded input
-    (H, W) of each image; ``area``: (N,) w*h of each box in the original image."""
-
-    boxes: np.ndarray
-    image: np.ndarray
-    padded: np.ndarray
-    area: np.ndarray
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """(N,) sqrt(w*h) in input pixels: the size Eq. 1 reads."""
-        wh = self.boxes[:, 2:] - self.boxes[:, :2]
-        return np.sqrt(wh[:, 0] * wh[:, 1])
-
-
-def gt_boxes(dataset_dicts, min_size_test=0, max_size_test=0, size_divisibility=32, max_images=0) -> GtBoxes:
-    """The non-crowd boxes of positive area in ``dataset_dicts`` (Detectron2 dicts with ``height``,
-    ``width``, ``annotations``), each image resized as at test time (ResizeShortestEdge to
-    ``min_size_test``, long side <= ``max_size_test``; 0 = no resize) and padded to a multiple of
-    ``size_divisibility``. ``max_images`` > 0 keeps that many images, evenly spaced in the list."""
-    records = list(dataset_dicts)
-    if 0 < max_images < len(records):
-        records = [records[i] for i in np.linspace(0, len(records) - 1, max_images).round().astype(int)]
-    boxes, image, padded, area = [], [], [], []
-    for i, rec in enumerate(records):
-        h, w = rec["height"], rec["width"]
-        nh, nw = (h, w) if not min_size_test else ResizeShortestEdge.get_output_shape(
-            h, w, min_size_test, max_size_test or 10 ** 9)
-        padded.append([math.ceil(v / size_divisibility) * size_divisibility for v in (nh, nw)])
-        scale = np.array([nw / w, nh / h, nw / w, nh / h])
-        for anno in rec.get("annotations", []):
-            box = np.array(BoxMode.convert(list(anno["bbox"]), anno["bbox_mode"], BoxMode.XYXY_ABS), dtype=np.float64)
-            a = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
-            if not anno.get("iscrowd", 0) and a > 0:
-                boxes.append(box * scale), image.append(i), area.append(a)
-    logger.info("%d boxes in %d images", len(boxes), len(records))
-    return GtBoxes(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(image, dtype=np.int64),
-                   np.asarray(padded, dtype=np.int64).reshape(-1, 2), np.asarray(area, dtype=np.float64))
-
-
-def feature_levels(names: Sequence[str]) -> List[int]:
-    """The level k (stride 2**k) of each feature named by its level: "p2" -> 2, "res5" -> 5."""
-    return [int(name.lstrip("abcdefghijklmnopqrstuvwxyz_")) for name in names]
-
-
-def build_anchors(cfg, sizes=None):
-    """Detectron2's anchor generator of ``cfg`` (MODEL.ANCHOR_GENERATOR) on the strides of
-    MODEL.RPN.IN_FEATURES, as the RPN builds it; ``sizes`` (one per level) replaces SIZES."""
-    if sizes is not None:
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[float(s)] for s in sizes]
-    strides = [2 ** k for k in feature_levels(cfg.MODEL.RPN.IN_FEATURES)]
-    return build_anchor_generator(cfg, [ShapeSpec(stride=s) for s in strides])
-
-
-def anchor_coverage(gt: GtBoxes, generator, levels: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """For each box, the best IoU with the anchors ``generator`` places on its padded image (a
-    feature map of ceil(H/s) x ceil(W/s) cells per stride s, as the pyramid has) and the level,
-    from ``levels`` (one per generator feature), of that anchor. Image by image; the anchors of
-    each padded size are made once. Returns (N,) float IoU and (N,) int level."""
-    iou, level = np.zeros(len(gt.boxes)), np.zeros(len(gt.boxes), dtype=np.int64)
-    cache: Dict[Tuple[int, int], List[Boxes]] = {}
-    boxes = torch.as_tensor(gt.boxes, dtype=torch.float32)
-    images, starts = np.unique(gt.image, return_index=True)
-    for i, start, end in zip(images, starts, list(starts[1:]) + [len(gt.boxes)]):
-        hw = tuple(int(v) for v in gt.padded[i])
-        if hw not in cache:
-            if len(cache) > 64:
-                cache.clear()
-            grids = [torch.empty(1, 0, math.ceil(hw[0] / s), math.ceil(hw[1] / s)) for s in generator.strides]
-            cache[hw] = generator(grids)
-        ious = torch.stack([pairwise_iou(Boxes(boxes[start:end]), a).max(dim=1).values for a in cache[hw]], 1)
-        best, arg = ious.max(dim=1)
-        iou[start:end], level[start:end] = best.numpy(), np.asarray(levels)[arg.numpy()]
-    return iou, level
-
-
-def nearest_anchor_iou(gt: GtBoxes, sizes, aspect_ratios, levels, offset=0.0) -> Tuple[np.ndarray, np.ndarray]:
-    """The figures of :func:`anchor_coverage` for anchors of side ``sizes[j]`` (one per level,
-    ``levels[j]``, stride 2**levels[j]) and ``aspect_ratios`` (one list, or one per level), in
-    closed form: for two boxes of fixed shapes the IoU can only fall as their centres move apart
-    in x or in y, so of each anchor shape the best is the one on the grid point nearest the box
-    centre. Fast enough to try many sizes. Returns (N,) best IoU and (N,) its level."""
-    ratios = list(aspect_ratios) * len(sizes) if len(aspect_ratios) == 1 else list(aspect_ratios)
-    centre = (gt.boxes[:, :2] + gt.boxes[:, 2:]) / 2
-    box_area = np.prod(gt.boxes[:, 2:] - gt.boxes[:, :2], axis=1)
-    cells_hw = gt.padded[gt.image][:, ::-1].astype(np.float64)  # (W, H) per box
-    best = np.zeros((len(sizes), len(gt.boxes)))
-    for j, (size, k) in enumerate(zip(sizes, levels)):
-        stride = 2.0 ** k
-        index = np.clip(np.round(centre / stride - offset), 0, np.ceil(cells_hw / stride) - 1)
-        at = (index + offset) * stride
-        for r in ratios[j]:
-            half = np.array([math.sqrt(size ** 2 / r), r * math.sqrt(size ** 2 / r)]) / 2
-            overlap = np.minimum(gt.boxes[:, 2:], at + half) - np.maximum(gt.boxes[:, :2], at - half)
-            inter = np.prod(np.clip(overlap, 0, None), axis=1)
-            best[j] = np.maximum(best[j], inter / (box_area + 4 * half[0] * half[1] - inter))
-    return best.max(axis=0), np.asarray(levels)[best.argmax(axis=0)]
-
-
-def coverage_table(iou: np.ndarray, area: np.ndarray, thresholds=THRESHOLDS) -> Dict[str, Tuple[int, List[float]]]:
-    """Per COCO size class (by original-image ``area``) and "all": (number of boxes, [share of
-    them with best anchor IoU >= t for t in ``thresholds``]); shares are NaN for an empty class."""
-    table = {}
-    for name, low, high in SIZE_CLASSES + (("all", 0.0, math.inf),):
-        sel = (area >= low) & (area < high)
-        table[name] = (int(sel.sum()), [float((iou[sel] >= t).mean()) if sel.any() else math.nan for t in thresholds])
-    return table
 
 
 def level_counts(sizes: np.ndarray, canonical_level=4, canonical_size=224, min_level=2, max_level=5,
@@ -236,13 +114,14 @@ def fit_pyramid(cfg, gt: GtBoxes) -> Dict:
     out = {"rule": rule, "suggestion": suggestion, "boxes": gt}
     for name, sizes, canonical in (("now", None, fp.CANONICAL_SIZE),
                                    ("suggested", suggestion.anchor_sizes, suggestion.canonical_size)):
-        iou, best_level = anchor_coverage(gt, build_anchors(cfg, sizes), rpn)
+        iou, best_level, positives = anchor_coverage(gt, build_anchors(cfg, sizes), rpn, build_matcher(cfg))
         counts = level_counts(gt.sizes, canonical_size=canonical, **rule)
         eq1 = roi_levels(torch.as_tensor(gt.boxes), canonical_size=canonical, **rule).numpy()
         agree = float(np.mean(eq1 == np.clip(best_level, rule["min_level"], rule["max_level"])))
         out[name] = dict(anchor_sizes=sizes or [s for row in ag.SIZES for s in row], canonical_size=canonical,
                          counts=counts, warnings=level_warnings(counts), iou=iou, best_level=best_level,
-                         coverage=coverage_table(iou, gt.area), agreement=agree)
+                         coverage=coverage_table(iou, gt.area), agreement=agree, positives=positives,
+                         positives_table=positives_table(positives, gt.area))
     return out
 
 
@@ -266,6 +145,15 @@ def format_report(fit: Dict, title: str) -> str:
     for c, (n, before) in now["coverage"].items():
         after = new["coverage"][c][1]
         lines.append(f"| {c} | {n} | {pct(before[0])} | {pct(before[1])} | {pct(after[0])} | {pct(after[1])} |")
+    lines += ["", "RPN positives per box: the anchors the RPN's matcher (MODEL.RPN.IOU_THRESHOLDS) labels "
+              "positive for it in training, median / mean, and the size class's share of all positives, which "
+              "is its share of the positives the RPN samples (MODEL.RPN.BATCH_SIZE_PER_IMAGE).", "",
+              "| size class | now median / mean | now share | suggested median / mean | suggested share |",
+              "|---|---|---|---|---|"]
+    for c, (n, *before) in now["positives_table"].items():
+        after = new["positives_table"][c][1:]
+        lines.append(f"| {c} | {before[0]:g} / {before[1]:.1f} | {pct(before[2])} | {after[0]:g} / {after[1]:.1f} "
+                     f"| {pct(after[2])} |")
     lines += ["", f"Eq. 1 pools {pct(now['agreement'])} of the boxes from the level of their best anchor now, "
               f"{pct(new['agreement'])} with the suggestion."]
     for name, d in (("now", now), ("suggested", new)):

@@ -10,9 +10,9 @@ from detectron2.structures import BoxMode
 
 from conftest import CONFIGS
 from fpn_plugin.config import load_config
-from fpn_plugin.pyramid_fit import (anchor_coverage, build_anchors, canonical_size_for, coverage_table, fit_pyramid,
-                                    format_report, gt_boxes, level_counts, level_warnings, nearest_anchor_iou,
-                                    suggest_pyramid)
+from fpn_plugin.anchor_coverage import (anchor_coverage, build_anchors, build_matcher, coverage_table, gt_boxes,
+                                        nearest_anchor_iou, positives_table)
+from fpn_plugin.pyramid_fit import canonical_size_for, fit_pyramid, format_report, level_counts, level_warnings, suggest_pyramid
 
 LEVELS = [2, 3, 4, 5, 6]  # p2..p6 of the paper's RPN
 RATIOS = (0.5, 1.0, 2.0)
@@ -58,7 +58,7 @@ def test_coverage_equals_a_direct_computation(cfg):
     # Square boxes centred on (128, 128), a grid point of every level (strides 4..64, offset 0).
     sides = [16, 24, 32, 45, 64, 100, 200]
     gt = gt_boxes(records([[(128, 128, s, s)] for s in sides]))
-    iou, level = anchor_coverage(gt, build_anchors(cfg), LEVELS)
+    iou, level, _ = anchor_coverage(gt, build_anchors(cfg), LEVELS)
     expected = np.array([centred_iou(s, s) for s in sides])
     np.testing.assert_allclose(iou, expected, atol=1e-6)
     assert iou[sides.index(32)] == pytest.approx(1.0) and iou[sides.index(64)] == pytest.approx(1.0)
@@ -77,7 +77,7 @@ def test_coverage_equals_a_direct_computation(cfg):
 def test_coverage_is_at_the_test_time_scale_and_classes_at_the_original_one(cfg):
     # A 16 px box in a 128 px image, resized to 256: a 32 px box on the P2 grid point (64, 64).
     gt = gt_boxes(records([[(32, 32, 16, 16)]], size=(128, 128)), min_size_test=256, max_size_test=1000)
-    iou, _ = anchor_coverage(gt, build_anchors(cfg), LEVELS)
+    iou = anchor_coverage(gt, build_anchors(cfg), LEVELS).iou
     assert iou[0] == pytest.approx(1.0) and gt.sizes[0] == pytest.approx(32.0)
     assert tuple(gt.padded[0]) == (256, 256)
     assert coverage_table(iou, gt.area)["small"][0] == 1  # original area 256 px^2, not 1024
@@ -89,10 +89,34 @@ def test_closed_form_equals_detectron2_anchors_on_random_boxes(cfg):
                for _ in range(5)] for _ in range(6)]
     gt = gt_boxes(records(images, size=(210, 310)), min_size_test=288, max_size_test=400)
     for sizes in (PAPER_SIZES, [11, 22, 44, 88, 176]):
-        iou, level = anchor_coverage(gt, build_anchors(cfg, sizes), LEVELS)
+        iou, level, _ = anchor_coverage(gt, build_anchors(cfg, sizes), LEVELS)
         fast_iou, fast_level = nearest_anchor_iou(gt, sizes, [list(RATIOS)], LEVELS)
         np.testing.assert_allclose(fast_iou, iou, atol=1e-5)
         assert (fast_level == level).mean() > 0.9  # exact ties between levels may resolve either way
+
+
+def test_rpn_positives_per_box_counted_by_hand(cfg):
+    # A 32 px and a 128 px square, far apart, each centred on a grid point of every level.
+    gt = gt_boxes(records([[(64, 64, 32, 32), (160, 160, 128, 128)]]))
+    # FPN: each box has an anchor of its own side on the level of stride side / 8. The same anchor
+    # shifted one stride along x or y overlaps it at IoU (7/8) / (9/8) = 0.778 >= 0.7, diagonally
+    # 0.62; the other shapes and sizes stay below 0.7 (0.547 and 0.25): 5 positives each.
+    fpn = anchor_coverage(gt, build_anchors(cfg), LEVELS, build_matcher(cfg))
+    assert fpn.positives.tolist() == [5, 5]
+    # Every size on P2 (stride 4, row (f) of Table 1): a 128 anchor shifted by (dx, dy) overlaps the
+    # 128 box at (128 - |dx|)(128 - |dy|) / (2 * 128^2 - that), >= 0.7 for |dx| = 0, 4, .., 20 with
+    # |dy| <= 20, 16, 12, 8, 4, 0: 11 + 2 * (9 + 7 + 5 + 3 + 1) = 61 anchors; the 32 box keeps 5.
+    p2 = cfg.clone()
+    p2.MODEL.RPN.IN_FEATURES = ["p2"]
+    p2.MODEL.ANCHOR_GENERATOR.SIZES = [PAPER_SIZES]
+    one_map = anchor_coverage(gt, build_anchors(p2), [2], build_matcher(p2))
+    assert one_map.positives.tolist() == [5, 61]
+    assert one_map.iou.tolist() == pytest.approx([1.0, 1.0]) and one_map.level.tolist() == [2, 2]
+    # Area 1024 is COCO-medium, 16384 large; shares of the 66 positives.
+    table = positives_table(one_map.positives, gt.area)
+    assert table["medium"] == (1, 5.0, 5.0, 5 / 66) and table["large"] == (1, 61.0, 61.0, 61 / 66)
+    assert table["all"] == (2, 33.0, 33.0, 1.0) and table["small"][0] == 0 and math.isnan(table["small"][1])
+    assert (anchor_coverage(gt, build_anchors(cfg), LEVELS).positives == -1).all()  # no matcher, no count
 
 
 def test_levels_are_those_of_eq1():
@@ -130,13 +154,13 @@ def square_set():
 @pytest.mark.parametrize("rounding", ["floor", "round"])
 def test_suggestion_covers_every_box_and_eq1_pools_from_its_anchor_level(cfg, rounding):
     sides, gt = square_set()
-    paper_iou, _ = anchor_coverage(gt, build_anchors(cfg), LEVELS)
+    paper_iou = anchor_coverage(gt, build_anchors(cfg), LEVELS).iou
     assert paper_iou.min() < 0.5  # the paper's anchors miss the 10 px boxes
     s = suggest_pyramid(gt, [list(RATIOS)], LEVELS, canonical_level=4, rounding=rounding)
     a = s.anchor_sizes[0]
     assert s.anchor_sizes == [a, 2 * a, 4 * a, 8 * a, 16 * a] and s.canonical_level == 4
     assert s.canonical_size == round(a * 4 / (math.sqrt(2) if rounding == "floor" else 1))
-    iou, best_level = anchor_coverage(gt, build_anchors(cfg, s.anchor_sizes), LEVELS)
+    iou, best_level, _ = anchor_coverage(gt, build_anchors(cfg, s.anchor_sizes), LEVELS)
     assert iou.min() >= 0.5
     assert min(centred_iou(x, x, s.anchor_sizes) for x in sides) >= 0.5  # the same, by hand
     # Eq. 1 with the suggested canonical size pools each box from the level of its best anchor.
@@ -170,6 +194,10 @@ def test_report_fragment_pastes_into_a_config(cfg, tmp_path):
     # Before/after figures in the text are those of the coverage computed with each setting.
     assert fit["suggested"]["coverage"]["all"] == (16, [1.0, float(np.mean(fit["suggested"]["iou"] >= 0.7))])
     assert "| all | 16 | " in text and "| P5 | " in text and fit["suggested"]["agreement"] == 1.0
+    # RPN positives per box, now and suggested, as their tables hold them.
+    _, median, mean, share = fit["suggested"]["positives_table"]["all"]
+    assert share == 1.0 and f"| {median:g} / {mean:.1f} | 100.0% |" in text
+    assert (fit["now"]["positives"] >= 1).all()  # the matcher gives every box its best anchors at least
 
 
 def test_boxes_skip_crowds_and_empty_boxes_and_subsample_evenly():

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Fit the pyramid to a registered dataset, before any training: how its ground-truth boxes fall on
 the levels under Eq. 1 (the config's k0, canonical size and rounding), how well the config's anchors
-cover them (best anchor IoU >= 0.5 and >= 0.7 per COCO size class), which levels are empty or
-overloaded, and anchor sizes and a canonical size that fit the data, as a config fragment to paste.
+cover them (best anchor IoU >= 0.5 and >= 0.7, and the RPN's positive anchors per box, per COCO
+size class), which levels are empty or overloaded, and anchor sizes and a canonical size that fit
+the data, as a config fragment to paste.
 Boxes are measured at the config's test-time input scale (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST).
 
     python tools/level_report.py --config-file configs/fpn_paper.yaml --dataset fpn_shapes_val \
@@ -29,7 +30,8 @@ def main(argv=None):
         from detectron2.data import DatasetCatalog
 
         import fpn_plugin  # noqa: F401  (registers the embedded datasets)
-        from fpn_plugin.pyramid_fit import feature_levels, fit_pyramid, format_report, gt_boxes
+        from fpn_plugin.anchor_coverage import feature_levels, gt_boxes
+        from fpn_plugin.pyramid_fit import fit_pyramid, format_report
         from fpn_plugin.visualize import plot_level_histogram
 
         cfg = load_config(args.config_file, args.opts)
