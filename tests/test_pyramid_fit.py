@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 
 from conftest import CONFIGS
@@ -119,6 +120,15 @@ def test_rpn_positives_per_box_counted_by_hand(cfg):
     assert (anchor_coverage(gt, build_anchors(cfg), LEVELS).positives == -1).all()  # no matcher, no count
 
 
+def test_matcher_is_the_one_the_rpn_builds(cfg):
+    cfg.MODEL.RPN.IOU_THRESHOLDS = [0.25, 0.65]
+    rpn = build_model(cfg).proposal_generator.anchor_matcher
+    ours = build_matcher(cfg)
+    assert (ours.thresholds, ours.labels, ours.allow_low_quality_matches) == \
+        (rpn.thresholds, rpn.labels, rpn.allow_low_quality_matches)
+    assert ours.thresholds[1:3] == [0.25, 0.65]
+
+
 def test_levels_are_those_of_eq1():
     sizes = np.array([5, 20, 50, 111.9, 112, 150, 223, 224, 300, 447, 448, 500, 900, 1000.0])
     for k0, c in ((4, 224), (4, 40), (3, 100)):
@@ -197,7 +207,8 @@ def test_report_fragment_pastes_into_a_config(cfg, tmp_path):
     # RPN positives per box, now and suggested, as their tables hold them.
     _, median, mean, share = fit["suggested"]["positives_table"]["all"]
     assert share == 1.0 and f"| {median:g} / {mean:.1f} | 100.0% |" in text
-    assert (fit["now"]["positives"] >= 1).all()  # the matcher gives every box its best anchors at least
+    # One box per image: none can lose its best anchors to a better-matched neighbour.
+    assert (fit["now"]["positives"] >= 1).all()
 
 
 def test_boxes_skip_crowds_and_empty_boxes_and_subsample_evenly():
