@@ -83,17 +83,17 @@ dataloader.test.mapper._target_ = CheckedDatasetMapper
 dataloader.test.mapper.augmentations = []
 dataloader.test.num_workers = 1
 
-# --- schedule: AdamW, 1024 iterations, lr 0.0005 with 50 warm-up iterations, then cosine to 0
-optimizer.lr = 0.0005
+# --- schedule: AdamW, 960 iterations, lr 0.0007 with 50 warm-up iterations, then cosine to 0
+optimizer.lr = 0.0007
 optimizer.weight_decay = 0.05  # on conv and fc weights; none on norm layers and biases
 optimizer.params.weight_decay_bias = 0.0
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
-    warmup_length=50 / 1024,
+    warmup_length=50 / 960,
     warmup_factor=0.001,
 )
-train.max_iter = 1024
+train.max_iter = 960
 train.output_dir = "./output/fpn_paper_lazy"
 train.checkpointer.period = 100
-train.eval_period = 1024
+train.eval_period = 960
 train.device = "cuda" if torch.cuda.is_available() else "cpu"

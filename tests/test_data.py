@@ -51,7 +51,7 @@ def test_dense_split_has_more_objects_of_the_same_law(tmp_path):
     """The main job's training split: more shapes per image than the validation law gives, the
     same size classes, and still no two shapes sharing a pixel."""
     dense, sparse = SPLITS["fpn_shapes_train_dense"], SPLITS["fpn_shapes_train"]
-    assert (dense.max_objects, sparse.max_objects) == (24, 12)
+    assert (dense.max_objects, sparse.max_objects) == (36, 12)
     assert dense.object_size == sparse.object_size == SPLITS["fpn_shapes_val"].object_size
     coco = {name: read(generate_shapes(dataclasses.replace(spec, num_images=24), str(tmp_path / name)))
             for name, spec in (("dense", dense), ("sparse", sparse))}
@@ -171,6 +171,31 @@ def test_folder_without_json_is_regenerated(tmp_path):
     (out / "images" / "000000.jpg").write_bytes(b"half")
     coco = read(generate_shapes(SMALL, str(out)))
     assert len(coco["images"]) == len(os.listdir(out / "images")) == SMALL.num_images
+
+
+def test_split_drawn_from_another_spec_is_drawn_again(tmp_path, monkeypatch, caplog):
+    generate_shapes(dataclasses.replace(SMALL, max_objects=2), str(tmp_path / "s"))
+    monkeypatch.setitem(shapes_mod.SPLITS, "s", SMALL)
+    with caplog.at_level(logging.WARNING, logger="fpn_plugin.data.shapes"):
+        coco = read(shapes_mod.ensure_shapes("s", str(tmp_path)))
+    assert "max_objects=2" in caplog.text and "max_objects=5" in caplog.text
+    assert coco == read(generate_shapes(SMALL, str(tmp_path / "fresh")))
+    assert sorted(os.listdir(tmp_path)) == ["fresh", "s"]  # the old draw is gone, not set aside
+    json_file = tmp_path / "s" / "annotations.json"
+    before = os.stat(json_file).st_mtime_ns
+    caplog.clear()
+    shapes_mod.ensure_shapes("s", str(tmp_path))  # the same spec: used as it is
+    assert os.stat(json_file).st_mtime_ns == before and not caplog.text
+
+
+def test_corrupt_split_json_is_left_for_the_loader_to_name(tmp_path, monkeypatch):
+    monkeypatch.setitem(shapes_mod.SPLITS, "s", SMALL)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "annotations.json").write_text('{"images": [')
+    json_file = shapes_mod.ensure_shapes("s", str(tmp_path))
+    assert open(json_file).read() == '{"images": ['
+    with pytest.raises(DatasetFileError, match="corrupt: .*annotations.json"):
+        load_json_checked(json_file, str(tmp_path / "s" / "images"), "s")
 
 
 def test_mask_job_crops_polygons(make_cfg, tmp_path):

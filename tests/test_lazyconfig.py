@@ -38,7 +38,7 @@ def test_lazy_optimizer_equals_yaml_optimizer(make_cfg):
     assert isinstance(a, torch.optim.AdamW) and isinstance(b, torch.optim.AdamW)
     keys = ("lr", "weight_decay", "betas")
     assert elements_by_group(a, *keys) == elements_by_group(b, *keys)
-    assert {k[:2] for k in elements_by_group(a, *keys)} == {(0.0005, 0.0), (0.0005, 0.05)}
+    assert {k[:2] for k in elements_by_group(a, *keys)} == {(0.0007, 0.0), (0.0007, 0.05)}
 
 
 def test_lazy_config_trains_two_iterations(tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 CATEGORIES = ("circle", "rectangle", "triangle", "star", "cross")
 ANNOTATIONS = "annotations.json"
+DESCRIPTION = "fpn_plugin synthetic shapes"  # the json's info.description, followed by the spec
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,14 @@ class ShapesSpec:
 
 #: The registered splits. The main job trains on ``fpn_shapes_train_dense`` and evaluates on
 #: ``fpn_shapes_val``; the ablation project trains on ``fpn_shapes_train``, drawn as the
-#: validation split is. The dense split draws up to 24 objects per image instead of 12, from
-#: the same size law (9.2 per image on average against 5.5; large shapes find room least
-#: often): a 256 px training crop holds 1.7 times the objects for the same arithmetic, and the
+#: validation split is. The dense split draws up to 36 objects per image instead of 12, from
+#: the same size law (12.3 per image on average against 5.5; large shapes find room least
+#: often): a 256 px training crop holds 2.2 times the objects for the same arithmetic, and the
 #: box head, what a short schedule runs out of time on, sees that much more foreground. The
 #: ``tiny`` splits are for tests and quick checks.
 SPLITS: Dict[str, ShapesSpec] = {
     "fpn_shapes_train": ShapesSpec(num_images=1000, seed=1),
-    "fpn_shapes_train_dense": ShapesSpec(num_images=1000, max_objects=24, seed=1),
+    "fpn_shapes_train_dense": ShapesSpec(num_images=1000, max_objects=36, seed=1),
     "fpn_shapes_val": ShapesSpec(num_images=100, seed=2),
     "fpn_shapes_tiny_train": ShapesSpec(
         num_images=8, image_size=(64, 100), object_size=(8, 60), max_objects=4, seed=3
@@ -218,7 +219,7 @@ def generate_shapes(spec: ShapesSpec, out_dir: str) -> str:
             eta = spent / (i + 1) * (spec.num_images - i - 1)
             logger.info("  %s: %d/%d images, ETA %.0f s", name, i + 1, spec.num_images, eta)
     coco = {
-        "info": {"description": f"fpn_plugin synthetic shapes, {spec}"},
+        "info": {"description": _description(spec)},
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CATEGORIES)],
@@ -260,10 +261,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _description(spec: ShapesSpec) -> str:
+    return f"{DESCRIPTION}, {spec}"
+
+
+def _drawn_from(json_file: str):
+    """The description a generated split records in its json, or None where the file cannot be
+    read (the loader then reports it) or was not written by the generator."""
+    try:
+        with open(json_file) as f:
+            description = json.load(f).get("info", {}).get("description")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return description if isinstance(description, str) and description.startswith(DESCRIPTION) else None
+
+
 def ensure_shapes(name: str, root: str) -> str:
-    """The json path of split ``name`` under ``root``, generating the split on first use."""
+    """The json path of split ``name`` under ``root``, generating the split on first use, and
+    again when the folder there was drawn from another spec of the split (a changed
+    :data:`SPLITS` entry): same name, other data, is never used silently."""
+    spec = SPLITS[name]
     out_dir = os.path.join(root, name)
     json_file = os.path.join(out_dir, ANNOTATIONS)
+    if os.path.isfile(json_file):
+        drawn = _drawn_from(json_file)
+        if drawn is not None and drawn != _description(spec):
+            logger.warning("%s was drawn as '%s'; drawing it again as '%s'", out_dir, drawn, _description(spec))
+            try:  # under a leftover name, which the generation below removes
+                os.replace(out_dir, os.path.join(root, f".{name}.tmp-stale-{os.getpid()}"))
+            except FileNotFoundError:
+                pass  # another process moved it first
     if not os.path.isfile(json_file):
-        generate_shapes(SPLITS[name], out_dir)
+        generate_shapes(spec, out_dir)
     return json_file
