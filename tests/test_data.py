@@ -13,7 +13,7 @@ from fpn_plugin.data import (
     CATEGORIES, SPLITS, DatasetFileError, ShapesSpec, check_has_masks, generate_shapes,
     sanitize_annotations,
 )
-from fpn_plugin.data import shapes as shapes_mod
+from fpn_plugin.data import generation, shapes as shapes_mod
 from fpn_plugin.data.datasets import load_json_checked
 from fpn_plugin.data.mapper import CheckedDatasetMapper
 from fpn_plugin.data.shapes import shape_polygon
@@ -94,23 +94,36 @@ def test_closed_form_areas(category, area):
     assert shoelace == pytest.approx(area, rel=0.005)  # the 64-gon is within 0.2% of the circle
 
 
+def test_processes_draw_the_same_bytes(tmp_path, monkeypatch):
+    spec, workers = dataclasses.replace(SMALL, num_images=16), generation._generation_workers
+    assert workers(1000) >= 1 and workers(49) == 1  # small splits stay in one process
+    monkeypatch.setattr(generation, "_generation_workers", lambda n: 1)
+    one = generate_shapes(spec, str(tmp_path / "one"))
+    monkeypatch.setattr(generation, "_generation_workers", lambda n: 3)
+    three = generate_shapes(spec, str(tmp_path / "three"))
+    assert open(one, "rb").read() == open(three, "rb").read()
+    for name in sorted(os.listdir(tmp_path / "one" / "images")):
+        assert (tmp_path / "one" / "images" / name).read_bytes() == (tmp_path / "three" / "images" / name).read_bytes()
+    assert len(os.listdir(tmp_path / "three" / "images")) == 16
+
+
 def test_interrupted_generation_is_never_trusted(tmp_path, monkeypatch):
     out = tmp_path / "split"
-    real_draw = shapes_mod._draw_image
+    real_draw = shapes_mod.draw_image
 
     def dies_at_3(spec, i):
         if i == 3:
             raise KeyboardInterrupt
         return real_draw(spec, i)
 
-    monkeypatch.setattr(shapes_mod, "_draw_image", dies_at_3)
+    monkeypatch.setattr(shapes_mod, "draw_image", dies_at_3)
     with pytest.raises(KeyboardInterrupt):
         generate_shapes(SMALL, str(out))
     assert not out.exists()
     leftovers = [p for p in os.listdir(tmp_path) if p.startswith(".split.tmp-")]
     assert leftovers  # the partial folder is left under a temporary name only
 
-    monkeypatch.setattr(shapes_mod, "_draw_image", real_draw)
+    monkeypatch.setattr(shapes_mod, "draw_image", real_draw)
     coco = read(generate_shapes(SMALL, str(out)))
     assert len(coco["images"]) == SMALL.num_images
     assert len(os.listdir(out / "images")) == SMALL.num_images
@@ -176,15 +189,15 @@ def test_folder_without_json_is_regenerated(tmp_path):
 def test_split_drawn_from_another_spec_is_drawn_again(tmp_path, monkeypatch, caplog):
     generate_shapes(dataclasses.replace(SMALL, max_objects=2), str(tmp_path / "s"))
     monkeypatch.setitem(shapes_mod.SPLITS, "s", SMALL)
-    with caplog.at_level(logging.WARNING, logger="fpn_plugin.data.shapes"):
-        coco = read(shapes_mod.ensure_shapes("s", str(tmp_path)))
+    with caplog.at_level(logging.WARNING, logger="fpn_plugin.data.generation"):
+        coco = read(generation.ensure_shapes("s", str(tmp_path)))
     assert "max_objects=2" in caplog.text and "max_objects=5" in caplog.text
     assert coco == read(generate_shapes(SMALL, str(tmp_path / "fresh")))
     assert sorted(os.listdir(tmp_path)) == ["fresh", "s"]  # the old draw is gone, not set aside
     json_file = tmp_path / "s" / "annotations.json"
     before = os.stat(json_file).st_mtime_ns
     caplog.clear()
-    shapes_mod.ensure_shapes("s", str(tmp_path))  # the same spec: used as it is
+    generation.ensure_shapes("s", str(tmp_path))  # the same spec: used as it is
     assert os.stat(json_file).st_mtime_ns == before and not caplog.text
 
 
@@ -192,7 +205,7 @@ def test_corrupt_split_json_is_left_for_the_loader_to_name(tmp_path, monkeypatch
     monkeypatch.setitem(shapes_mod.SPLITS, "s", SMALL)
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "annotations.json").write_text('{"images": [')
-    json_file = shapes_mod.ensure_shapes("s", str(tmp_path))
+    json_file = generation.ensure_shapes("s", str(tmp_path))
     assert open(json_file).read() == '{"images": ['
     with pytest.raises(DatasetFileError, match="corrupt: .*annotations.json"):
         load_json_checked(json_file, str(tmp_path / "s" / "images"), "s")

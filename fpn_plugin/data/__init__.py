@@ -6,7 +6,8 @@ from .datasets import (
     register_shapes,
     sanitize_annotations,
 )
-from .shapes import CATEGORIES, SPLITS, ShapesSpec, generate_shapes
+from .generation import generate_shapes
+from .shapes import CATEGORIES, SPLITS, ShapesSpec
 
 for _name in SPLITS:
     register_shapes(_name)

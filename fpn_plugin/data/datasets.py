@@ -8,7 +8,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
-from .shapes import CATEGORIES, SPLITS, ensure_shapes
+from .generation import ensure_shapes
+from .shapes import CATEGORIES, SPLITS
 
 __all__ = [
     "register_shapes",

@@ -9,29 +9,18 @@ a good share of the objects (large ones the least: they most often find no room)
 shapes themselves never share a pixel, so every polygon annotation is the exact mask of what was
 drawn. The same spec always gives the same images (numpy's PCG64, seeded per image).
 
-Generation writes into a temporary folder beside the cache and renames it into place only when
-every image and the json are written: a folder under its final name is always complete, and the
-leftovers of an interrupted run are removed by the next one.
+Writing a split to disk is :mod:`fpn_plugin.data.generation`'s.
 """
-import json
-import logging
 import math
-import os
-import shutil
-import time
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["CATEGORIES", "ShapesSpec", "SPLITS", "generate_shapes", "ensure_shapes", "shape_polygon"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["CATEGORIES", "ShapesSpec", "SPLITS", "shape_polygon", "draw_image"]
 
 CATEGORIES = ("circle", "rectangle", "triangle", "star", "cross")
-ANNOTATIONS = "annotations.json"
-DESCRIPTION = "fpn_plugin synthetic shapes"  # the json's info.description, followed by the spec
 
 
 @dataclass(frozen=True)
@@ -145,7 +134,7 @@ def _draw_sizes(rng, object_size: Tuple[float, float], n: int) -> np.ndarray:
     return np.exp(a + u * (b - a))
 
 
-def _draw_image(spec: ShapesSpec, index: int):
+def draw_image(spec: ShapesSpec, index: int):
     """One image and its annotations (COCO dicts without ids)."""
     rng = np.random.default_rng([spec.seed, index])
     w, h = (int(rng.integers(spec.image_size[0], spec.image_size[1] + 1)) for _ in range(2))
@@ -193,104 +182,3 @@ def _draw_image(spec: ShapesSpec, index: int):
             })
             break
     return image, annos
-
-
-def generate_shapes(spec: ShapesSpec, out_dir: str) -> str:
-    """Write ``spec``'s images and ``annotations.json`` into ``out_dir`` (which is replaced
-    atomically at the end); returns the json path. Logs progress with an ETA."""
-    parent, name = os.path.split(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    _remove_stale(parent, name)
-    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, "images"))
-    images, annotations = [], []
-    start, step = time.perf_counter(), max(1, spec.num_images // 10)
-    logger.info("Generating %d images of %s into %s ...", spec.num_images, name, out_dir)
-    for i in range(spec.num_images):
-        image, annos = _draw_image(spec, i)
-        file_name = f"{i:06d}.jpg"
-        image.save(os.path.join(tmp, "images", file_name), quality=92)
-        images.append({"id": i + 1, "file_name": file_name, "width": image.width, "height": image.height})
-        for a in annos:
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **a})
-        if (i + 1) % step == 0 or i + 1 == spec.num_images:
-            spent = time.perf_counter() - start
-            eta = spent / (i + 1) * (spec.num_images - i - 1)
-            logger.info("  %s: %d/%d images, ETA %.0f s", name, i + 1, spec.num_images, eta)
-    coco = {
-        "info": {"description": _description(spec)},
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CATEGORIES)],
-    }
-    with open(os.path.join(tmp, ANNOTATIONS), "w") as f:
-        json.dump(coco, f)
-    if os.path.isdir(out_dir) and not os.path.isfile(os.path.join(out_dir, ANNOTATIONS)):
-        shutil.rmtree(out_dir)  # a folder without its json was not written by a finished run
-    try:
-        os.replace(tmp, out_dir)  # atomic: the folder appears complete or not at all
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same split first
-        if not os.path.isfile(os.path.join(out_dir, ANNOTATIONS)):
-            raise
-    logger.info("Wrote %s: %d images, %d objects", out_dir, len(images), len(annotations))
-    return os.path.join(out_dir, ANNOTATIONS)
-
-
-def _remove_stale(parent: str, name: str):
-    """Remove temporary folders of ``name`` left by generator processes that no longer run."""
-    prefix = f".{name}.tmp-"
-    for entry in os.listdir(parent):
-        if not entry.startswith(prefix):
-            continue
-        pid = entry[len(prefix):]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-            continue
-        logger.warning("Removing the leftovers of an interrupted generation: %s", entry)
-        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _description(spec: ShapesSpec) -> str:
-    return f"{DESCRIPTION}, {spec}"
-
-
-def _drawn_from(json_file: str):
-    """The description a generated split records in its json, or None where the file cannot be
-    read (the loader then reports it) or was not written by the generator."""
-    try:
-        with open(json_file) as f:
-            description = json.load(f).get("info", {}).get("description")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return description if isinstance(description, str) and description.startswith(DESCRIPTION) else None
-
-
-def ensure_shapes(name: str, root: str) -> str:
-    """The json path of split ``name`` under ``root``, generating the split on first use, and
-    again when the folder there was drawn from another spec of the split (a changed
-    :data:`SPLITS` entry): same name, other data, is never used silently."""
-    spec = SPLITS[name]
-    out_dir = os.path.join(root, name)
-    json_file = os.path.join(out_dir, ANNOTATIONS)
-    if os.path.isfile(json_file):
-        drawn = _drawn_from(json_file)
-        if drawn is not None and drawn != _description(spec):
-            logger.warning("%s was drawn as '%s'; drawing it again as '%s'", out_dir, drawn, _description(spec))
-            try:  # under a leftover name, which the generation below removes
-                os.replace(out_dir, os.path.join(root, f".{name}.tmp-stale-{os.getpid()}"))
-            except FileNotFoundError:
-                pass  # another process moved it first
-    if not os.path.isfile(json_file):
-        generate_shapes(spec, out_dir)
-    return json_file
