@@ -38,7 +38,8 @@ def _write_image(spec: ShapesSpec, index: int, images_dir: str):
 def _generation_workers(num_images: int) -> int:
     # Each image has its own seed, so processes draw the same bytes in any order. Below about a
     # hundred images a pool costs more to start than it saves.
-    return max(1, min(os.cpu_count() or 1, 8, num_images // 50))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, 8, num_images // 50))  # the cores this process may run on, not the host's
 
 
 def generate_shapes(spec: ShapesSpec, out_dir: str) -> str:
