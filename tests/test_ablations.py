@@ -201,6 +201,19 @@ def test_summary_and_tables_aggregate_seeds_and_mark_real_gaps(tmp_path):
         assert im.format == "PNG"
     assert not (tmp_path / "table1.png").exists()
 
+    # the error bars drawn: mean ± std per metric for (c); none at all for (d)'s one seed
+    # (its caps' heights are NaN, which matplotlib leaves undrawn; a spread of 0 would draw caps)
+    import matplotlib.pyplot as plt
+
+    fig = run_ablations.chart(table)
+    bars = {c.get_label().split(" (n=")[0]: c for c in fig.axes[0].containers}
+    c_caps = bars["(c) FPN {P2..P5}, 2fc head"].errorbar.lines[1]
+    assert list(c_caps[0].get_ydata()) == [1, 10, 5, 5, 5]  # mean - std: AP50 2 - 1, AP 10 - 0, ...
+    assert list(c_caps[1].get_ydata()) == [3, 10, 5, 5, 5]  # mean + std
+    d_caps = bars["(d) bottom-up pyramid only"].errorbar.lines[1]
+    assert all(math.isnan(y) for cap in d_caps for y in cap.get_ydata())
+    plt.close(fig)
+
 
 class FakeTrainNet:
     """Stands in for train_net.py: records each call and writes eval_results.json where asked."""

@@ -240,8 +240,7 @@ def write_outputs(per_seed, seeds, output):
 
 
 def write_charts(summary, output):
-    """Per table: measured mean with its standard deviation as error bar (none for one seed),
-    beside the paper's value, per row and metric."""
+    """Writes table1.png..table3.png under `output`, one per table in the summary."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,23 +250,34 @@ def write_charts(summary, output):
         table = summary["tables"].get(prefix)
         if table is None:
             continue
-        metrics, entries = table["metrics"], list(table["rows"].values())
-        width = 0.8 / len(entries)
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        for j, e in enumerate(entries):
-            xs = [x + j * width for x in range(len(metrics))]
-            mean = [math.nan if e["mean"][m] is None else e["mean"][m] for m in metrics]
-            axes[0].bar(xs, mean, width, yerr=[e["std"][m] or 0.0 for m in metrics], capsize=2,
-                        label=f"{e['label']} (n={e['n']})")
-            axes[1].bar(xs, [e["paper"][m] for m in metrics], width, label=e["label"])
-        for ax, label in zip(axes, ("measured: mean ± std over seeds", "paper, COCO minival")):
-            ax.set_xticks([x + 0.4 - width / 2 for x in range(len(metrics))], metrics)
-            ax.set_title(label)
-        axes[0].legend(fontsize=7)
-        fig.suptitle(table["title"])
-        fig.tight_layout()
+        fig = chart(table)
         fig.savefig(os.path.join(output, f"table{i}.png"), dpi=90)
         plt.close(fig)
+
+
+def chart(table):
+    """One table's figure: per row and metric, the measured mean with its standard deviation as
+    error bar (left; none where the spread is undefined, one seed) beside the paper's value (right)."""
+    import matplotlib.pyplot as plt
+
+    metrics, entries = table["metrics"], list(table["rows"].values())
+    width = 0.8 / len(entries)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for j, e in enumerate(entries):
+        xs = [x + j * width for x in range(len(metrics))]
+        mean = [math.nan if e["mean"][m] is None else e["mean"][m] for m in metrics]
+        # NaN, not 0, for an undefined spread: matplotlib draws no bar and no caps for NaN,
+        # where 0 would draw caps that read as a spread of zero
+        std = [math.nan if e["std"][m] is None else e["std"][m] for m in metrics]
+        axes[0].bar(xs, mean, width, yerr=std, capsize=2, label=f"{e['label']} (n={e['n']})")
+        axes[1].bar(xs, [e["paper"][m] for m in metrics], width, label=e["label"])
+    for ax, label in zip(axes, ("measured: mean ± std over seeds", "paper, COCO minival")):
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(metrics))], metrics)
+        ax.set_title(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(table["title"])
+    fig.tight_layout()
+    return fig
 
 
 def exit_on_sigterm(signum, frame):
