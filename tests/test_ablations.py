@@ -1,5 +1,6 @@
 """The paper's ablation rows: every variant trains and infers; the runner runs each row over
 several seeds, resumably, and writes mean ± std tables, summary.json and charts."""
+import hashlib
 import importlib.util
 import json
 import math
@@ -314,6 +315,87 @@ def test_fast_rows_use_the_proposals_of_the_same_seed_of_rpn_c(tmp_path, monkeyp
     missing = run_ablations.proposal_files(str(tmp_path), 1042, train_set, test_set)[0]
     assert "fast/c seed 1042" in caplog.text and missing in caplog.text
     assert f"--rows rpn/c --seeds 2 --output {tmp_path}" in caplog.text
+
+
+def write_proposals(output, seed, train=b"train proposals", test=b"test proposals"):
+    """Stand-in proposal files of seed ``seed`` of rpn/c; returns their sha256s as the runner records them."""
+    paths = run_ablations.proposal_files(str(output), seed, "fpn_shapes_train", "fpn_shapes_val")
+    for path, content in zip(paths, (train, test)):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content)
+    return {"train": hashlib.sha256(train).hexdigest(), "test": hashlib.sha256(test).hexdigest()}
+
+
+def test_fast_seed_records_its_proposals_and_refuses_them_changed(tmp_path, monkeypatch, caplog, capsys):
+    fake = FakeTrainNet()
+    monkeypatch.setattr(run_ablations, "train_net", fake)
+    record = write_proposals(tmp_path, 42)
+    assert run_ablations.main(["--rows", "fast/c", "--seeds", "1", "--output", str(tmp_path)]) == 0
+    seed_out = tmp_path / "fast_c" / "seed42"
+    assert json.loads((seed_out / "results.json").read_text())["proposals"] == record
+    assert json.loads((seed_out / "proposals.json").read_text()) == record
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["tables"]["fast"]["rows"]["fast/c"]["proposals"] == {"42": record}
+    known = run_ablations.known_seeds(str(tmp_path / "summary.json"))
+    assert known["fast/c"][42]["proposals"] == record  # a --known call checks them too
+
+    # rpn/c seed 42 trained again: other proposals. Every call is refused before anything trains,
+    # also one for other rows, since its tables would hold the mixed seed; nothing is overwritten.
+    write_proposals(tmp_path, 42, train=b"new train proposals")
+    before = (tmp_path / "summary.json").read_text()
+    fake.calls.clear()
+    for rows in (["fast/c"], ["rpn/a"]):
+        assert run_ablations.main(["--rows", *rows, "--seeds", "1", "--output", str(tmp_path)]) == 2
+    assert fake.calls == [] and (tmp_path / "summary.json").read_text() == before
+    assert "fast/c seed 42 was trained on other proposals than seed 42 of rpn/c holds now" in caplog.text
+    assert str(seed_out) in caplog.text
+
+    # the same seed recorded in a summary (--known) and checked against another output's proposals
+    caplog.clear()
+    other = tmp_path / "other"
+    write_proposals(other, 42, test=b"other test proposals")
+    assert run_ablations.main(["--rows", "fast/c", "--seeds", "1", "--output", str(other),
+                               "--known", str(tmp_path / "summary.json")]) == 2
+    assert fake.calls == [] and "fast/c seed 42 was trained on other proposals" in caplog.text
+    caplog.clear()
+    write_proposals(other, 42)  # the very proposals it trained on: counted, not re-run
+    assert run_ablations.main(["--rows", "fast/c", "--seeds", "1", "--output", str(other),
+                               "--known", str(tmp_path / "summary.json")]) == 0
+    assert fake.calls == []
+    capsys.readouterr()
+
+
+def test_rpn_c_trained_again_in_the_same_call_writes_no_mixed_tables(tmp_path, monkeypatch, caplog):
+    record = write_proposals(tmp_path, 42)
+    finish(tmp_path, "fast/c", 42, bbox={"AP": 30.0}, proposals=record)  # trained on these
+
+    class NewProposals(FakeTrainNet):  # rpn/c seed 42 (no results.json) trains and writes others
+        def __call__(self, *args, env):
+            super().__call__(*args, env=env)
+            write_proposals(tmp_path, 42, train=b"new train proposals")
+
+    monkeypatch.setattr(run_ablations, "train_net", NewProposals())
+    assert run_ablations.main(["--rows", "rpn/c", "--seeds", "1", "--output", str(tmp_path)]) == 2
+    assert (tmp_path / "rpn_c" / "seed42" / "results.json").exists()  # its own result is kept
+    assert not (tmp_path / "summary.json").exists() and "fast/c seed 42 was trained on other" in caplog.text
+
+
+def test_fast_seed_does_not_resume_on_other_proposals(tmp_path, monkeypatch, caplog):
+    fake = FakeTrainNet()
+    monkeypatch.setattr(run_ablations, "train_net", fake)
+    record = write_proposals(tmp_path, 42)
+    half = tmp_path / "fast_c" / "seed42"
+    half.mkdir(parents=True)
+    (half / "last_checkpoint").write_text("model_0000049.pth")  # interrupted on the first proposals
+    (half / "proposals.json").write_text(json.dumps(dict(record, test=hashlib.sha256(b"old").hexdigest())))
+    assert run_ablations.main(["--rows", "fast/c", "--seeds", "1", "--output", str(tmp_path)]) == 2
+    assert fake.calls == [] and not (half / "results.json").exists()
+    assert "fast/c seed 42 began training on other proposals" in caplog.text and str(half) in caplog.text
+
+    (half / "proposals.json").write_text(json.dumps(record))  # its own proposals: it resumes
+    assert run_ablations.main(["--rows", "fast/c", "--seeds", "1", "--output", str(tmp_path)]) == 0
+    assert fake.seeds() == [42] and "--resume" in fake.calls[0]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1.5", "three", ""])

@@ -35,7 +35,8 @@ def summarize(per_seed, rows, tables, paper, seeds):
     """summary.json's content. per_seed: row -> {seed: that seed's results.json (task -> metric ->
     value, and "seconds")}; rows, tables, paper: the runner's ROWS, TABLES, PAPER; seeds: the
     SEED values asked for. Every row's per-seed metrics and seconds, their mean, spread and sum,
-    and for rows other than (c) the gap to row (c) of the same table and whether it is real."""
+    the proposals each seed trained on where its results record them ("proposals"), and for rows
+    other than (c) the gap to row (c) of the same table and whether it is real."""
     summary = {"seeds": list(seeds), "std": STD, "real_gap_rule": RULE, "tables": {}, "seconds_total": 0.0}
     for prefix, (title, task, metrics) in tables.items():
         table = {}
@@ -57,6 +58,10 @@ def summarize(per_seed, rows, tables, paper, seeds):
                 "seconds": seconds,
                 "seconds_total": sum(seconds.values()),
             }
+            # Table 2: the sha256 of the rpn/c proposals each seed trained on, where recorded
+            proposals = {str(s): runs[s]["proposals"] for s in order if runs[s].get("proposals")}
+            if proposals:
+                table[row]["proposals"] = proposals
         ref = table.get(prefix + "/c")
         for row, entry in table.items():
             if ref is None or entry is ref:

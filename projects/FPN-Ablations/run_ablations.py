@@ -9,11 +9,14 @@ summary.json and charts.
 Seed i of a row (i = 0 .. --seeds - 1) trains with SEED 42 + 1000 i through the repository's
 train_net.py in <output>/<row>/seed<SEED>/. A seed whose results.json exists is finished and never
 re-run; an unfinished one resumes from its last checkpoint. Seed i of a Fast R-CNN row (Table 2)
-trains on the proposals that seed i of row rpn/c writes. ``--known results/summary.json`` counts the
-seeds recorded in a summary an earlier call wrote (this folder's committed results, say) as
-finished too, where the output holds no results of theirs: a new checkout goes on with the set.
+trains on the proposals that seed i of row rpn/c writes, and records their sha256: a call whose
+tables would hold a seed trained on other proposals than rpn/c holds now is refused.
+``--known results/summary.json`` counts the seeds recorded in a summary an earlier call wrote
+(this folder's committed results, say) as finished too, where the output holds no results of
+theirs: a new checkout goes on with the set.
 """
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -124,6 +127,45 @@ def proposal_files(output, seed, train_set, test_set):
             os.path.join(base, "inference", test_set, "box_proposals.pkl"))
 
 
+def proposal_record(output, seed, train_set, test_set):
+    """{"train": sha256, "test": sha256} of the proposal files seed ``seed`` of row rpn/c holds now,
+    or None while either is missing: which proposals a Fast R-CNN seed trains on."""
+    paths = proposal_files(output, seed, train_set, test_set)
+    if not all(os.path.isfile(p) for p in paths):
+        return None
+    record = {}
+    for key, path in zip(("train", "test"), paths):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        record[key] = digest.hexdigest()
+    return record
+
+
+def mixed_seeds(per_seed, output, train_set, test_set):
+    """One message per Fast R-CNN seed in ``per_seed`` (row -> {seed: results}) whose recorded
+    proposals are not those its seed of rpn/c holds now: rpn/c was trained again after it, and a
+    row would mix two sets of proposals. Seeds without a record, or whose rpn/c seed has no
+    proposals in ``output``, cannot be checked and pass."""
+    messages, current = [], {}
+    for row, runs in per_seed.items():
+        if not row.startswith("fast/"):
+            continue
+        for seed, results in sorted(runs.items()):
+            if "proposals" not in results:
+                continue
+            if seed not in current:
+                current[seed] = proposal_record(output, seed, train_set, test_set)
+            if current[seed] is not None and results["proposals"] != current[seed]:
+                messages.append(
+                    f"{row} seed {seed} was trained on other proposals than seed {seed} of rpn/c holds now "
+                    f"in {row_dir(output, 'rpn/c')}; rpn/c was trained again after it. Train the seed again on "
+                    f"these (remove {seed_dir(output, row, seed)}, and its entry where --known records it), "
+                    "or restore the proposals it was trained on")
+    return messages
+
+
 def train_net(*args, env):
     cmd = [sys.executable, TRAIN_NET, *map(str, args)]
     logger.info("$ %s", " ".join(cmd))
@@ -152,11 +194,13 @@ def known_seeds(path):
                 if row not in ROWS:
                     raise KeyError(f"unknown row {row!r}")
                 for seed, metrics in entry["per_seed"].items():
-                    known.setdefault(row, {})[int(seed)] = {
+                    known.setdefault(row, {})[int(seed)] = results = {
                         # summary.json writes a NaN metric as null; a results.json holds NaN
                         table["task"]: {m: math.nan if v is None else float(v) for m, v in metrics.items()},
                         "seed": int(seed),
                         "seconds": float(entry["seconds"][seed])}
+                    if seed in entry.get("proposals", {}):
+                        results["proposals"] = entry["proposals"][seed]
     except OSError as e:
         raise AblationError(f"--known {path}: cannot be read ({e.strerror or e})") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -194,6 +238,17 @@ def run_seed(row, index, args, env):
             )
         opts += ["DATASETS.PROPOSAL_FILES_TRAIN", f"('{train_props}',)",
                  "DATASETS.PROPOSAL_FILES_TEST", f"('{test_props}',)"]
+        # the proposals the seed trains on, recorded at its first attempt: an attempt that resumes
+        # on other proposals (rpn/c trained again meanwhile) would mix two sets in one model
+        proposals = proposal_record(args.output, seed, args.train, args.test)
+        recorded = os.path.join(out, "proposals.json")
+        if os.path.isfile(recorded) and read_json(recorded) != proposals:
+            raise AblationError(
+                f"{row} seed {seed} began training on other proposals than seed {seed} of rpn/c holds now "
+                f"({recorded}); rpn/c was trained again after it. Remove {out} to train the seed from the "
+                "start on these, or restore the proposals it began on")
+        os.makedirs(out, exist_ok=True)
+        write_atomically(recorded, json.dumps(proposals, indent=2))
     spent = os.path.join(out, "seconds_spent")  # wall time of earlier attempts that did not finish
     earlier = float(read_json(spent)) if os.path.isfile(spent) else 0.0
     start = time.perf_counter()
@@ -210,6 +265,8 @@ def run_seed(row, index, args, env):
     results = read_json(os.path.join(out, "eval_results.json"))
     results["seed"] = seed
     results["seconds"] = round(earlier + time.perf_counter() - start, 1)
+    if row.startswith("fast/"):
+        results["proposals"] = proposals
     write_atomically(done, json.dumps(results, indent=2))  # the seed counts as finished once this exists
     return results
 
@@ -280,6 +337,16 @@ def chart(table):
     return fig
 
 
+def refuse_mixed(args, seeds):
+    """Logs why and returns True when a Fast R-CNN seed among the finished ones was trained on
+    other proposals than its seed of rpn/c holds now: the tables would put two sets of proposals
+    in one row of Table 2, so none are written."""
+    mixed = mixed_seeds(finished(args.output, seeds, args.known), args.output, args.train, args.test)
+    for message in mixed:
+        logger.error("%s", message)
+    return bool(mixed)
+
+
 def exit_on_sigterm(signum, frame):
     """`kill` (SIGTERM) stops the runner as Ctrl-C does: by an exception, so the seed in flight
     records its time in seconds_spent and subprocess.run stops its train_net.py; Python's default
@@ -315,6 +382,9 @@ def main(argv=None):
     args.output = os.path.abspath(args.output)
     os.makedirs(args.output, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    seeds = seed_values(args.seeds)
+    if refuse_mixed(args, seeds):  # before anything trains
+        return 2
     previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         for row in rows:
@@ -326,8 +396,9 @@ def main(argv=None):
                     return 2
     finally:  # a caller's own handler comes back (tests call main in their process)
         signal.signal(signal.SIGTERM, previous)
+    if refuse_mixed(args, seeds):  # rpn/c trained in this call, after a Fast R-CNN seed of its seed
+        return 2
     # Finished seeds of earlier calls, also of rows not asked for now, join the tables too.
-    seeds = seed_values(args.seeds)
     for line in write_outputs(finished(args.output, seeds, args.known), seeds, args.output):
         print(line)
     return 0
