@@ -213,6 +213,11 @@ def test_summary_and_tables_aggregate_seeds_and_mark_real_gaps(tmp_path):
     assert list(c_caps[1].get_ydata()) == [3, 10, 5, 5, 5]  # mean + std
     d_caps = bars["(d) bottom-up pyramid only"].errorbar.lines[1]
     assert all(math.isnan(y) for cap in d_caps for y in cap.get_ydata())
+    # the legend, one entry per row, lies below both plots and so covers no bar
+    fig.canvas.draw()
+    legend = fig.legends[0]
+    assert [t.get_text().split(" (n=")[0] for t in legend.get_texts()] == [e["label"] for e in table["rows"].values()]
+    assert all(legend.get_window_extent().y1 <= ax.get_window_extent().y0 for ax in fig.axes)
     plt.close(fig)
 
 

@@ -331,9 +331,11 @@ def chart(table):
     for ax, label in zip(axes, ("measured: mean ± std over seeds", "paper, COCO minival")):
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(metrics))], metrics)
         ax.set_title(label)
-    axes[0].legend(fontsize=7)
+    # below the plots, where it hides no bar and no error bar (inside, it covered the tallest ones)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
     fig.suptitle(table["title"])
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(entries) / 3) + 0.02, 1, 1))
     return fig
 
 
