@@ -335,15 +335,16 @@ def chart(table):
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
     fig.suptitle(table["title"])
+    # room at the bottom for the legend: about 6% of the figure's height per line of three rows
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(entries) / 3) + 0.02, 1, 1))
     return fig
 
 
-def refuse_mixed(args, seeds):
-    """Logs why and returns True when a Fast R-CNN seed among the finished ones was trained on
-    other proposals than its seed of rpn/c holds now: the tables would put two sets of proposals
-    in one row of Table 2, so none are written."""
-    mixed = mixed_seeds(finished(args.output, seeds, args.known), args.output, args.train, args.test)
+def refuse_mixed(per_seed, args):
+    """Logs why and returns True when a Fast R-CNN seed among the finished ones (``per_seed``, as
+    finished() gives them) was trained on other proposals than its seed of rpn/c holds now: the
+    tables would put two sets of proposals in one row of Table 2, so none are written."""
+    mixed = mixed_seeds(per_seed, args.output, args.train, args.test)
     for message in mixed:
         logger.error("%s", message)
     return bool(mixed)
@@ -385,7 +386,7 @@ def main(argv=None):
     os.makedirs(args.output, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     seeds = seed_values(args.seeds)
-    if refuse_mixed(args, seeds):  # before anything trains
+    if refuse_mixed(finished(args.output, seeds, args.known), args):  # before anything trains
         return 2
     previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
@@ -398,10 +399,11 @@ def main(argv=None):
                     return 2
     finally:  # a caller's own handler comes back (tests call main in their process)
         signal.signal(signal.SIGTERM, previous)
-    if refuse_mixed(args, seeds):  # rpn/c trained in this call, after a Fast R-CNN seed of its seed
-        return 2
     # Finished seeds of earlier calls, also of rows not asked for now, join the tables too.
-    for line in write_outputs(finished(args.output, seeds, args.known), seeds, args.output):
+    per_seed = finished(args.output, seeds, args.known)
+    if refuse_mixed(per_seed, args):  # rpn/c trained in this call, after a Fast R-CNN seed of its seed
+        return 2
+    for line in write_outputs(per_seed, seeds, args.output):
         print(line)
     return 0
 
