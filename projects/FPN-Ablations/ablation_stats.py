@@ -9,6 +9,9 @@ import math
 RULE = ("a gap between two rows is real only when their means differ by more than the sum of "
         "their standard deviations; with one seed on either side it is not judged (null)")
 STD = "sample standard deviation (n - 1); null with one seed"
+# what a seed's results.json records it trained on, kept per seed in summary.json where recorded:
+# the sha256 of Table 2's proposals, and the runner's --opts
+RECORDED = ("proposals", "opts")
 
 
 def mean_std(values):
@@ -35,7 +38,8 @@ def summarize(per_seed, rows, tables, paper, seeds):
     """summary.json's content. per_seed: row -> {seed: that seed's results.json (task -> metric ->
     value, and "seconds")}; rows, tables, paper: the runner's ROWS, TABLES, PAPER; seeds: the
     SEED values asked for. Every row's per-seed metrics and seconds, their mean, spread and sum,
-    the proposals each seed trained on where its results record them ("proposals"), and for rows
+    the proposals and --opts each seed trained with where its results record them ("proposals",
+    "opts"; seeds finished before the record existed have none), and for rows
     other than (c) the gap to row (c) of the same table and whether it is real."""
     summary = {"seeds": list(seeds), "std": STD, "real_gap_rule": RULE, "tables": {}, "seconds_total": 0.0}
     for prefix, (title, task, metrics) in tables.items():
@@ -58,10 +62,10 @@ def summarize(per_seed, rows, tables, paper, seeds):
                 "seconds": seconds,
                 "seconds_total": sum(seconds.values()),
             }
-            # Table 2: the sha256 of the rpn/c proposals each seed trained on, where recorded
-            proposals = {str(s): runs[s]["proposals"] for s in order if runs[s].get("proposals")}
-            if proposals:
-                table[row]["proposals"] = proposals
+            for key in RECORDED:
+                recorded = {str(s): runs[s][key] for s in order if runs[s].get(key) is not None}
+                if recorded:
+                    table[row][key] = recorded
         ref = table.get(prefix + "/c")
         for row, entry in table.items():
             if ref is None or entry is ref:
@@ -100,6 +104,11 @@ def markdown(summary):
              "with one seed the spread is n/a. ▲/▼: the row's mean is above/below row (c)'s by more than "
              "the sum of their standard deviations, a real gap; unmarked gaps are within the spread or, "
              "with one seed on either side, not judged. Minutes: wall time summed over the row's seeds.", ""]
+    overrides = sorted({" ".join(opts) for table in summary["tables"].values() for entry in table["rows"].values()
+                        for opts in entry.get("opts", {}).values() if opts})
+    if overrides:  # a variant of the set: say so above its numbers
+        lines += ["Config overrides the seeds trained with (--opts): " + "; ".join(f"`{o}`" for o in overrides)
+                  + ".", ""]
     for prefix, table in summary["tables"].items():
         metrics = table["metrics"]
         lines += [f"## {table['title']}", "",

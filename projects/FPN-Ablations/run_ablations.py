@@ -10,7 +10,9 @@ Seed i of a row (i = 0 .. --seeds - 1) trains with SEED 42 + 1000 i through the 
 train_net.py in <output>/<row>/seed<SEED>/. A seed whose results.json exists is finished and never
 re-run; an unfinished one resumes from its last checkpoint. Seed i of a Fast R-CNN row (Table 2)
 trains on the proposals that seed i of row rpn/c writes, and records their sha256: a call whose
-tables would hold a seed trained on other proposals than rpn/c holds now is refused.
+tables would hold a seed trained on other proposals than rpn/c holds now is refused. Every seed
+records the --opts it trains with, and a call whose tables would hold a seed trained with other
+--opts than the call's is refused too: a row's seeds are of one configuration.
 ``--known results/summary.json`` counts the seeds recorded in a summary an earlier call wrote
 (this folder's committed results, say) as finished too, where the output holds no results of
 theirs: a new checkout goes on with the set.
@@ -143,6 +145,18 @@ def proposal_record(output, seed, train_set, test_set):
     return record
 
 
+def other_opts(per_seed, opts, output):
+    """One message per seed in ``per_seed`` (row -> {seed: results}) whose recorded --opts are not
+    ``opts``, this call's: its configuration is not the one the call's other seeds train with, and
+    a row would mix two. Seeds without a record (finished before it existed) pass."""
+    return [f"{row} seed {seed} was trained with --opts {' '.join(results['opts']) or '(none)'}, this call "
+            f"asks for --opts {' '.join(opts) or '(none)'}, and a row would mix the two configurations. "
+            "Run with the seed's --opts, write to another --output, or train the seed again with these "
+            f"(remove {seed_dir(output, row, seed)}, and its entry where --known records it)"
+            for row, runs in per_seed.items() for seed, results in sorted(runs.items())
+            if results.get("opts") is not None and results["opts"] != list(opts)]
+
+
 def mixed_seeds(per_seed, output, train_set, test_set):
     """One message per Fast R-CNN seed in ``per_seed`` (row -> {seed: results}) whose recorded
     proposals are not those its seed of rpn/c holds now: rpn/c was trained again after it, and a
@@ -172,6 +186,17 @@ def train_net(*args, env):
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 
 
+def pin(path, value):
+    """Records ``value`` (JSON) in ``path`` at a seed's first attempt and returns False; at a later
+    attempt returns True, recording nothing, when ``path`` holds another value: the attempt would
+    resume the seed on other inputs than it began on."""
+    if os.path.isfile(path) and read_json(path) != value:
+        return True
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomically(path, json.dumps(value, indent=2))
+    return False
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -199,8 +224,9 @@ def known_seeds(path):
                         table["task"]: {m: math.nan if v is None else float(v) for m, v in metrics.items()},
                         "seed": int(seed),
                         "seconds": float(entry["seconds"][seed])}
-                    if seed in entry.get("proposals", {}):
-                        results["proposals"] = entry["proposals"][seed]
+                    for key in ablation_stats.RECORDED:  # what the seed trained on, where recorded
+                        if seed in entry.get(key, {}):
+                            results[key] = entry[key][seed]
     except OSError as e:
         raise AblationError(f"--known {path}: cannot be read ({e.strerror or e})") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -242,13 +268,18 @@ def run_seed(row, index, args, env):
         # on other proposals (rpn/c trained again meanwhile) would mix two sets in one model
         proposals = proposal_record(args.output, seed, args.train, args.test)
         recorded = os.path.join(out, "proposals.json")
-        if os.path.isfile(recorded) and read_json(recorded) != proposals:
+        if pin(recorded, proposals):
             raise AblationError(
                 f"{row} seed {seed} began training on other proposals than seed {seed} of rpn/c holds now "
                 f"({recorded}); rpn/c was trained again after it. Remove {out} to train the seed from the "
                 "start on these, or restore the proposals it began on")
-        os.makedirs(out, exist_ok=True)
-        write_atomically(recorded, json.dumps(proposals, indent=2))
+    # the --opts too: a resume with others would finish a model begun in another configuration
+    recorded = os.path.join(out, "opts.json")
+    if pin(recorded, list(args.opts)):
+        raise AblationError(
+            f"{row} seed {seed} began training with --opts {' '.join(read_json(recorded)) or '(none)'} "
+            f"({recorded}), this call asks for --opts {' '.join(args.opts) or '(none)'}. Run with the "
+            f"seed's --opts to resume it, or remove {out} to train it from the start with these")
     spent = os.path.join(out, "seconds_spent")  # wall time of earlier attempts that did not finish
     earlier = float(read_json(spent)) if os.path.isfile(spent) else 0.0
     start = time.perf_counter()
@@ -265,6 +296,7 @@ def run_seed(row, index, args, env):
     results = read_json(os.path.join(out, "eval_results.json"))
     results["seed"] = seed
     results["seconds"] = round(earlier + time.perf_counter() - start, 1)
+    results["opts"] = list(args.opts)
     if row.startswith("fast/"):
         results["proposals"] = proposals
     write_atomically(done, json.dumps(results, indent=2))  # the seed counts as finished once this exists
@@ -341,10 +373,11 @@ def chart(table):
 
 
 def refuse_mixed(per_seed, args):
-    """Logs why and returns True when a Fast R-CNN seed among the finished ones (``per_seed``, as
-    finished() gives them) was trained on other proposals than its seed of rpn/c holds now: the
-    tables would put two sets of proposals in one row of Table 2, so none are written."""
-    mixed = mixed_seeds(per_seed, args.output, args.train, args.test)
+    """Logs why and returns True when a seed among the finished ones (``per_seed``, as finished()
+    gives them) was trained with other --opts than this call's, or a Fast R-CNN seed on other
+    proposals than its seed of rpn/c holds now: a row of the tables would mix two configurations
+    or two sets of proposals, so none are written."""
+    mixed = other_opts(per_seed, args.opts, args.output) + mixed_seeds(per_seed, args.output, args.train, args.test)
     for message in mixed:
         logger.error("%s", message)
     return bool(mixed)
