@@ -403,53 +403,61 @@ def test_fast_seed_does_not_resume_on_other_proposals(tmp_path, monkeypatch, cap
     assert fake.seeds() == [42] and "--resume" in fake.calls[0]
 
 
-def test_seed_records_its_opts_and_refuses_others(tmp_path, monkeypatch, caplog, capsys):
+SHAPES = "--train fpn_shapes_train --test fpn_shapes_val"
+
+
+def test_seed_records_its_setting_and_refuses_others(tmp_path, monkeypatch, caplog, capsys):
     fake = FakeTrainNet()
     monkeypatch.setattr(run_ablations, "train_net", fake)
     finish(tmp_path, "rpn/b", 42, box_proposals={"AR@100": 5.0})  # finished before the record: passes
     opts = ["SOLVER.MAX_ITER", "5"]
+    setting = {"train": "fpn_shapes_train", "test": "fpn_shapes_val", "opts": opts}
     assert run_ablations.main(["--rows", "rpn/a", "--seeds", "1", "--output", str(tmp_path), "--opts", *opts]) == 0
     assert fake.calls[0][-2:] == opts
     seed_out = tmp_path / "rpn_a" / "seed42"
-    assert json.loads((seed_out / "results.json").read_text())["opts"] == opts
-    assert json.loads((seed_out / "opts.json").read_text()) == opts
+    assert json.loads((seed_out / "results.json").read_text())["setting"] == setting
+    assert json.loads((seed_out / "setting.json").read_text()) == setting
     rows = json.loads((tmp_path / "summary.json").read_text())["tables"]["rpn"]["rows"]
-    assert rows["rpn/a"]["opts"] == {"42": opts} and "opts" not in rows["rpn/b"]
-    assert "Config overrides the seeds trained with (--opts): `SOLVER.MAX_ITER 5`." in (
-        tmp_path / "TABLES.md").read_text()
-    assert run_ablations.known_seeds(str(tmp_path / "summary.json"))["rpn/a"][42]["opts"] == opts
+    assert rows["rpn/a"]["setting"] == {"42": setting} and "setting" not in rows["rpn/b"]
+    assert f"The seeds trained with: `{SHAPES} --opts SOLVER.MAX_ITER 5`" in (tmp_path / "TABLES.md").read_text()
+    assert run_ablations.known_seeds(str(tmp_path / "summary.json"))["rpn/a"][42]["setting"] == setting
 
-    # without them, every call whose tables would hold that seed is refused before anything trains
+    # in another setting, every call whose tables would hold that seed is refused before anything
+    # trains: without its --opts, or on another training set
     before = (tmp_path / "summary.json").read_text()
     fake.calls.clear()
-    assert run_ablations.main(["--rows", "rpn/c", "--seeds", "1", "--output", str(tmp_path)]) == 2
+    for other in ([], ["--train", "other_train", "--opts", *opts]):
+        assert run_ablations.main(["--rows", "rpn/c", "--seeds", "1", "--output", str(tmp_path), *other]) == 2
     assert fake.calls == [] and (tmp_path / "summary.json").read_text() == before
-    assert ("rpn/a seed 42 was trained with --opts SOLVER.MAX_ITER 5, this call asks for --opts (none)"
-            in caplog.text and str(seed_out) in caplog.text)
+    assert (f"rpn/a seed 42 was trained with {SHAPES} --opts SOLVER.MAX_ITER 5, this call asks for "
+            f"{SHAPES} --opts (none)" in caplog.text and str(seed_out) in caplog.text)
+    assert "this call asks for --train other_train --test fpn_shapes_val --opts SOLVER.MAX_ITER 5" in caplog.text
     caplog.clear()  # so is one that counts it from a summary (--known) in another output
     other = str(tmp_path / "other")
     known = ["--known", str(tmp_path / "summary.json")]
     assert run_ablations.main(["--rows", "rpn/a", "--seeds", "1", "--output", other, *known]) == 2
-    assert fake.calls == [] and "rpn/a seed 42 was trained with --opts SOLVER.MAX_ITER 5" in caplog.text
+    assert fake.calls == [] and "rpn/a seed 42 was trained with" in caplog.text
     assert run_ablations.main(["--rows", "rpn/a", "--seeds", "1", "--output", other, *known, "--opts", *opts]) == 0
-    assert fake.calls == []  # the same --opts: counted, not re-run
+    assert fake.calls == []  # the same setting: counted, not re-run
     capsys.readouterr()
 
 
-def test_seed_does_not_resume_with_other_opts(tmp_path, monkeypatch, caplog):
+def test_seed_does_not_resume_in_another_setting(tmp_path, monkeypatch, caplog):
     fake = FakeTrainNet()
     monkeypatch.setattr(run_ablations, "train_net", fake)
     half = tmp_path / "rpn_a" / "seed42"
     half.mkdir(parents=True)
     (half / "last_checkpoint").write_text("model_0000049.pth")  # interrupted, begun with these --opts
-    (half / "opts.json").write_text(json.dumps(["SOLVER.MAX_ITER", "5"]))
+    began = {"train": "fpn_shapes_train", "test": "fpn_shapes_val", "opts": ["SOLVER.MAX_ITER", "5"]}
+    (half / "setting.json").write_text(json.dumps(began))
     assert run_ablations.main(["--rows", "rpn/a", "--seeds", "1", "--output", str(tmp_path)]) == 2
     assert fake.calls == [] and not (half / "results.json").exists()
-    assert "rpn/a seed 42 began training with --opts SOLVER.MAX_ITER 5" in caplog.text and str(half) in caplog.text
-    assert json.loads((half / "opts.json").read_text()) == ["SOLVER.MAX_ITER", "5"]  # its record is kept
+    assert (f"rpn/a seed 42 began training with {SHAPES} --opts SOLVER.MAX_ITER 5" in caplog.text
+            and str(half) in caplog.text)
+    assert json.loads((half / "setting.json").read_text()) == began  # its record is kept
 
     assert run_ablations.main(["--rows", "rpn/a", "--seeds", "1", "--output", str(tmp_path),
-                               "--opts", "SOLVER.MAX_ITER", "5"]) == 0  # its own --opts: it resumes
+                               "--opts", "SOLVER.MAX_ITER", "5"]) == 0  # its own setting: it resumes
     assert fake.seeds() == [42] and "--resume" in fake.calls[0]
 
 

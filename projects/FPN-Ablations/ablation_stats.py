@@ -10,8 +10,8 @@ RULE = ("a gap between two rows is real only when their means differ by more tha
         "their standard deviations; with one seed on either side it is not judged (null)")
 STD = "sample standard deviation (n - 1); null with one seed"
 # what a seed's results.json records it trained on, kept per seed in summary.json where recorded:
-# the sha256 of Table 2's proposals, and the runner's --opts
-RECORDED = ("proposals", "opts")
+# the sha256 of Table 2's proposals, and the runner's setting (--train, --test, --opts)
+RECORDED = ("proposals", "setting")
 
 
 def mean_std(values):
@@ -38,8 +38,8 @@ def summarize(per_seed, rows, tables, paper, seeds):
     """summary.json's content. per_seed: row -> {seed: that seed's results.json (task -> metric ->
     value, and "seconds")}; rows, tables, paper: the runner's ROWS, TABLES, PAPER; seeds: the
     SEED values asked for. Every row's per-seed metrics and seconds, their mean, spread and sum,
-    the proposals and --opts each seed trained with where its results record them ("proposals",
-    "opts"; seeds finished before the record existed have none), and for rows
+    the proposals and setting each seed trained with where its results record them ("proposals",
+    "setting"; seeds finished before the record existed have none), and for rows
     other than (c) the gap to row (c) of the same table and whether it is real."""
     summary = {"seeds": list(seeds), "std": STD, "real_gap_rule": RULE, "tables": {}, "seconds_total": 0.0}
     for prefix, (title, task, metrics) in tables.items():
@@ -93,6 +93,12 @@ def json_safe(obj):
     return obj
 
 
+def describe(setting):
+    """A seed's setting as the runner's arguments: "--train A --test B --opts K V ..."."""
+    opts = " ".join(setting["opts"]) or "(none)"
+    return f"--train {setting['train']} --test {setting['test']} --opts {opts}"
+
+
 def _num(x, spec=".1f"):
     return "n/a" if x is None else format(x, spec)
 
@@ -104,11 +110,11 @@ def markdown(summary):
              "with one seed the spread is n/a. ▲/▼: the row's mean is above/below row (c)'s by more than "
              "the sum of their standard deviations, a real gap; unmarked gaps are within the spread or, "
              "with one seed on either side, not judged. Minutes: wall time summed over the row's seeds.", ""]
-    overrides = sorted({" ".join(opts) for table in summary["tables"].values() for entry in table["rows"].values()
-                        for opts in entry.get("opts", {}).values() if opts})
-    if overrides:  # a variant of the set: say so above its numbers
-        lines += ["Config overrides the seeds trained with (--opts): " + "; ".join(f"`{o}`" for o in overrides)
-                  + ".", ""]
+    settings = sorted({describe(setting) for table in summary["tables"].values()
+                       for entry in table["rows"].values() for setting in entry.get("setting", {}).values()})
+    if settings:  # the data and any overrides, above the numbers they produced
+        lines += ["The seeds trained with: " + "; ".join(f"`{s}`" for s in settings)
+                  + " (seeds finished before the runner recorded it are not counted here).", ""]
     for prefix, table in summary["tables"].items():
         metrics = table["metrics"]
         lines += [f"## {table['title']}", "",

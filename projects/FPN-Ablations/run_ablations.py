@@ -11,8 +11,8 @@ train_net.py in <output>/<row>/seed<SEED>/. A seed whose results.json exists is 
 re-run; an unfinished one resumes from its last checkpoint. Seed i of a Fast R-CNN row (Table 2)
 trains on the proposals that seed i of row rpn/c writes, and records their sha256: a call whose
 tables would hold a seed trained on other proposals than rpn/c holds now is refused. Every seed
-records the --opts it trains with, and a call whose tables would hold a seed trained with other
---opts than the call's is refused too: a row's seeds are of one configuration.
+records its setting (--train, --test, --opts), and a call whose tables would hold a seed trained
+in another setting than the call's is refused too: a row's seeds are of one configuration.
 ``--known results/summary.json`` counts the seeds recorded in a summary an earlier call wrote
 (this folder's committed results, say) as finished too, where the output holds no results of
 theirs: a new checkout goes on with the set.
@@ -145,16 +145,21 @@ def proposal_record(output, seed, train_set, test_set):
     return record
 
 
-def other_opts(per_seed, opts, output):
-    """One message per seed in ``per_seed`` (row -> {seed: results}) whose recorded --opts are not
-    ``opts``, this call's: its configuration is not the one the call's other seeds train with, and
-    a row would mix two. Seeds without a record (finished before it existed) pass."""
-    return [f"{row} seed {seed} was trained with --opts {' '.join(results['opts']) or '(none)'}, this call "
-            f"asks for --opts {' '.join(opts) or '(none)'}, and a row would mix the two configurations. "
-            "Run with the seed's --opts, write to another --output, or train the seed again with these "
+def setting_of(args):
+    """What a seed trains in besides its row's config and SEED: {"train", "test", "opts"}."""
+    return {"train": args.train, "test": args.test, "opts": list(args.opts)}
+
+
+def other_settings(per_seed, setting, output):
+    """One message per seed in ``per_seed`` (row -> {seed: results}) whose recorded setting is not
+    ``setting``, this call's: a row would mix two datasets or configurations. Seeds without a
+    record (finished before it existed) pass."""
+    return [f"{row} seed {seed} was trained with {ablation_stats.describe(results['setting'])}, this call "
+            f"asks for {ablation_stats.describe(setting)}, and a row would mix the two. Run with the seed's "
+            "--train, --test and --opts, write to another --output, or train the seed again with these "
             f"(remove {seed_dir(output, row, seed)}, and its entry where --known records it)"
             for row, runs in per_seed.items() for seed, results in sorted(runs.items())
-            if results.get("opts") is not None and results["opts"] != list(opts)]
+            if results.get("setting") is not None and results["setting"] != setting]
 
 
 def mixed_seeds(per_seed, output, train_set, test_set):
@@ -273,13 +278,13 @@ def run_seed(row, index, args, env):
                 f"{row} seed {seed} began training on other proposals than seed {seed} of rpn/c holds now "
                 f"({recorded}); rpn/c was trained again after it. Remove {out} to train the seed from the "
                 "start on these, or restore the proposals it began on")
-    # the --opts too: a resume with others would finish a model begun in another configuration
-    recorded = os.path.join(out, "opts.json")
-    if pin(recorded, list(args.opts)):
+    # the setting too: a resume in another would finish a model begun on other data or config
+    recorded = os.path.join(out, "setting.json")
+    if pin(recorded, setting_of(args)):
         raise AblationError(
-            f"{row} seed {seed} began training with --opts {' '.join(read_json(recorded)) or '(none)'} "
-            f"({recorded}), this call asks for --opts {' '.join(args.opts) or '(none)'}. Run with the "
-            f"seed's --opts to resume it, or remove {out} to train it from the start with these")
+            f"{row} seed {seed} began training with {ablation_stats.describe(read_json(recorded))} "
+            f"({recorded}), this call asks for {ablation_stats.describe(setting_of(args))}. Run with the "
+            f"seed's setting to resume it, or remove {out} to train it from the start with these")
     spent = os.path.join(out, "seconds_spent")  # wall time of earlier attempts that did not finish
     earlier = float(read_json(spent)) if os.path.isfile(spent) else 0.0
     start = time.perf_counter()
@@ -296,7 +301,7 @@ def run_seed(row, index, args, env):
     results = read_json(os.path.join(out, "eval_results.json"))
     results["seed"] = seed
     results["seconds"] = round(earlier + time.perf_counter() - start, 1)
-    results["opts"] = list(args.opts)
+    results["setting"] = setting_of(args)
     if row.startswith("fast/"):
         results["proposals"] = proposals
     write_atomically(done, json.dumps(results, indent=2))  # the seed counts as finished once this exists
@@ -374,10 +379,11 @@ def chart(table):
 
 def refuse_mixed(per_seed, args):
     """Logs why and returns True when a seed among the finished ones (``per_seed``, as finished()
-    gives them) was trained with other --opts than this call's, or a Fast R-CNN seed on other
-    proposals than its seed of rpn/c holds now: a row of the tables would mix two configurations
-    or two sets of proposals, so none are written."""
-    mixed = other_opts(per_seed, args.opts, args.output) + mixed_seeds(per_seed, args.output, args.train, args.test)
+    gives them) was trained in another setting than this call's (--train, --test, --opts), or a
+    Fast R-CNN seed on other proposals than its seed of rpn/c holds now: a row of the tables would
+    mix two configurations or two sets of proposals, so none are written."""
+    mixed = (other_settings(per_seed, setting_of(args), args.output)
+             + mixed_seeds(per_seed, args.output, args.train, args.test))
     for message in mixed:
         logger.error("%s", message)
     return bool(mixed)
