@@ -17,7 +17,8 @@ import json
 import os
 import sys
 
-from fpn_plugin.checked_io import CliError, atomic_output, image_files, read_image
+from fpn_plugin.engine.atomic import atomic_output
+from fpn_plugin.engine.checked_io import CliError, image_files, read_image
 from fpn_plugin.config import load_config
 
 
@@ -38,10 +39,10 @@ def detection_records(instances, image_id, file_name, metadata):
 
 def draw(rgb, instances, metadata, by_level=False):
     """The picture: Detectron2's drawing of the detections, or with ``by_level`` each box in the
-    colour of its pyramid level (fpn_plugin.visualize.LEVEL_COLOURS) and "P<level>" in its label."""
+    colour of its pyramid level (fpn_plugin.analysis.visualize.LEVEL_COLOURS) and "P<level>" in its label."""
     from detectron2.utils.visualizer import Visualizer
 
-    from fpn_plugin.visualize import LEVEL_COLOURS
+    from fpn_plugin.analysis.visualize import LEVEL_COLOURS
 
     visualizer = Visualizer(rgb, metadata)
     if not by_level:
@@ -73,8 +74,8 @@ def main(argv=None):
         import tqdm
         from detectron2.data import MetadataCatalog
 
-        from fpn_plugin.inference import build_predictor
-        from fpn_plugin.roi_heads import FPNPaperROIHeads
+        from fpn_plugin.engine.inference import build_predictor
+        from fpn_plugin.modeling.roi_heads import FPNPaperROIHeads
 
         cfg = load_config(args.config_file, list(args.opts) + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", args.confidence])
         paths = image_files(args.input)
@@ -103,7 +104,7 @@ def main(argv=None):
             with atomic_output(os.path.join(args.output, "detections.json")) as tmp:
                 with open(tmp, "w") as f:
                     json.dump(records, f)
-    except (CliError, FileNotFoundError) as e:
+    except (CliError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(paths)} images with {count} detections to {args.output}"

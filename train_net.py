@@ -15,7 +15,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from fpn_plugin.checkpoint import AtomicCheckpointer, UnreadableCheckpointError
+from fpn_plugin.engine.checkpoint import AtomicCheckpointer, UnreadableCheckpointError
 from fpn_plugin.config import load_config
 from fpn_plugin.engine import Trainer
 

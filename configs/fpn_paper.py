@@ -18,7 +18,7 @@ from fvcore.common.param_scheduler import CosineParamScheduler
 
 import fpn_plugin  # noqa: F401  (registers the embedded datasets)
 from fpn_plugin import FPNPaperROIHeads, LevelROIPooler, PaperFPN
-from fpn_plugin.bottom_up import basic_block_stages
+from fpn_plugin.modeling.bottom_up import basic_block_stages
 from fpn_plugin.data import sanitize_annotations
 from fpn_plugin.data.mapper import CheckedDatasetMapper
 

@@ -3,13 +3,17 @@
 Importing the package registers the backbones ``build_resnet_fpn_paper_backbone`` and
 ``build_resnet_any_width_backbone`` (the bottom-up alone), the ROI heads
 ``FPNPaperROIHeads``, the necks of :data:`NECK_REGISTRY` and the embedded datasets.
+
+Layout: :mod:`fpn_plugin.modeling` (bottom-ups, necks, poolers, heads), :mod:`fpn_plugin.analysis`
+(pyramid fit, anchor coverage, pictures), :mod:`fpn_plugin.engine` (trainer, checkpointer,
+inference, export), :mod:`fpn_plugin.data` (the embedded dataset and its checks).
 """
 from .config import add_fpn_paper_config
-from .necks import NECK_REGISTRY, PaperFPN, PyramidNeck, build_neck
-from .bottom_up import build_bottom_up, build_resnet_any_width_backbone
-from .backbone import build_resnet_fpn_paper_backbone
-from .poolers import LevelROIPooler, roi_levels
-from .roi_heads import FPNPaperROIHeads
+from .modeling.necks import NECK_REGISTRY, PaperFPN, PyramidNeck, build_neck
+from .modeling.bottom_up import build_bottom_up, build_resnet_any_width_backbone
+from .modeling.backbone import build_resnet_fpn_paper_backbone
+from .modeling.poolers import LevelROIPooler, roi_levels
+from .modeling.roi_heads import FPNPaperROIHeads
 from . import data  # noqa: F401  (registers the embedded datasets)
 
 __all__ = [

@@ -15,7 +15,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from conftest import ROOT
-from fpn_plugin.checkpoint import AtomicCheckpointer, UnreadableCheckpointError
+from fpn_plugin.engine.checkpoint import AtomicCheckpointer, UnreadableCheckpointError
 
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
 FAULTY = os.path.join(ROOT, "tests", "faulty_train_net.py")
@@ -66,7 +66,7 @@ def read_last(folder):
 def test_saved_files_are_detectron2_checkpoints(tmp_path):
     path = save(tmp_path, 3)
     assert read_last(tmp_path) == "model_0000003.pth"
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000003.pth"]  # no *.tmp left
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000003.pth"]  # no temporary file left
     stock = DetectionCheckpointer(net(99), str(tmp_path))
     assert stock.resume_or_load("", resume=True)["iteration"] == 3
     assert torch.equal(stock.model.weight, net(3).weight)
@@ -133,7 +133,8 @@ def test_a_kill_during_a_save_leaves_a_checkpoint_to_resume_from(tmp_path, where
     assert torch.load(tmp_path / "model_0000001.pth", map_location="cpu")["iteration"] == 1
     if where == "model file":  # no file under a final name that cannot be read
         assert not (tmp_path / "model_0000003.pth").exists()
-        assert (tmp_path / "model_0000003.pth.tmp").exists()  # the partial write, under its temporary name
+        partial = [p for p in os.listdir(tmp_path) if p.startswith(".model_0000003.") and p.endswith(".tmp.pth")]
+        assert len(partial) == 1  # the partial write, under its hidden temporary name
     else:  # the new file is complete; last_checkpoint still names the previous one
         assert torch.load(tmp_path / "model_0000003.pth", map_location="cpu")["iteration"] == 3
     ckpt = checkpointer(tmp_path, seed=99)
@@ -171,7 +172,7 @@ def test_resume_steps_past_an_unreadable_last_checkpoint(tmp_path, caplog, corru
     CORRUPTIONS[corruption](bad)
     assert read_last(tmp_path) == "model_0000005.pth"
     ckpt = checkpointer(tmp_path, seed=99)
-    with caplog.at_level(logging.WARNING, logger="fpn_plugin.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="fpn_plugin.engine.checkpoint"):
         extra = ckpt.resume_or_load("", resume=True)
     assert bad in caplog.text and "cannot read" in caplog.text
     assert extra["iteration"] == 3 and ckpt.resumed_from == str(tmp_path / "model_0000003.pth")
@@ -183,7 +184,7 @@ def test_resume_with_an_empty_last_checkpoint_takes_the_newest_file(tmp_path, ca
     save(tmp_path, 3, mtime=2_000)
     overwrite(tmp_path / "last_checkpoint", b"")
     ckpt = checkpointer(tmp_path, seed=99)
-    with caplog.at_level(logging.WARNING, logger="fpn_plugin.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="fpn_plugin.engine.checkpoint"):
         assert ckpt.resume_or_load("", resume=True)["iteration"] == 3
     assert "last_checkpoint names no checkpoint" in caplog.text
 
@@ -194,7 +195,7 @@ def test_resume_with_nothing_readable_starts_from_model_weights(tmp_path, caplog
     weights = save(tmp_path / "pretrained", 0, seed=7, name="weights")
     ckpt = checkpointer(tmp_path, seed=99)
     momentum = {k: v.clone() for k, v in ckpt.checkpointables["optimizer"].state_dict()["state"][0].items()}
-    with caplog.at_level(logging.WARNING, logger="fpn_plugin.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="fpn_plugin.engine.checkpoint"):
         ckpt.resume_or_load(weights, resume=True)
     assert "model_0000001.pth" in caplog.text and "model_0000003.pth" in caplog.text
     assert "No readable checkpoint" in caplog.text and weights in caplog.text

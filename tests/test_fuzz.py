@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from fpn_plugin import NECK_REGISTRY, roi_levels
-from fpn_plugin.poolers import LEVEL_ROUNDINGS
+from fpn_plugin.modeling.poolers import LEVEL_ROUNDINGS
 
 # Same examples on every run, none stored on disk; fixtures are built once per test, on purpose.
 SETTINGS = dict(deadline=None, derandomize=True, database=None,

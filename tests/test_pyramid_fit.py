@@ -1,4 +1,4 @@
-"""The pyramid fit (fpn_plugin.pyramid_fit) against direct computations on hand-made box sets."""
+"""The pyramid fit (fpn_plugin.analysis.pyramid_fit) against direct computations on hand-made box sets."""
 import math
 import os
 
@@ -11,9 +11,9 @@ from detectron2.structures import BoxMode
 
 from conftest import CONFIGS
 from fpn_plugin.config import load_config
-from fpn_plugin.anchor_coverage import (anchor_coverage, build_anchors, build_matcher, coverage_table, gt_boxes,
+from fpn_plugin.analysis.anchor_coverage import (anchor_coverage, build_anchors, build_matcher, coverage_table, gt_boxes,
                                         nearest_anchor_iou, positives_table)
-from fpn_plugin.pyramid_fit import canonical_size_for, fit_pyramid, format_report, level_counts, level_warnings, suggest_pyramid
+from fpn_plugin.analysis.pyramid_fit import canonical_size_for, fit_pyramid, format_report, level_counts, level_warnings, suggest_pyramid
 
 LEVELS = [2, 3, 4, 5, 6]  # p2..p6 of the paper's RPN
 RATIOS = (0.5, 1.0, 2.0)

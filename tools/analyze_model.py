@@ -9,7 +9,8 @@ import json
 import os
 import sys
 
-from fpn_plugin.checked_io import CliError, atomic_output
+from fpn_plugin.engine.atomic import atomic_output
+from fpn_plugin.engine.checked_io import CliError
 from fpn_plugin.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,8 +20,8 @@ COMPONENTS = ("backbone.bottom_up", "neck", "proposal_generator", "roi_heads")
 def fit_heads_to_neck(cfg):
     """Point the RPN and ROI heads at whatever levels the configured neck outputs."""
     from detectron2.layers import ShapeSpec
-    from fpn_plugin.bottom_up import build_bottom_up
-    from fpn_plugin.necks import build_neck
+    from fpn_plugin.modeling.bottom_up import build_bottom_up
+    from fpn_plugin.modeling.necks import build_neck
 
     levels = list(build_neck(cfg, build_bottom_up(cfg, ShapeSpec(channels=3))).output_shape())
     cfg.MODEL.RPN.IN_FEATURES = levels
@@ -79,7 +80,7 @@ def main(argv=None):
         if args.json:
             with atomic_output(args.json) as tmp, open(tmp, "w") as f:
                 json.dump({k: {c: {"params": p, "gflops": g} for c, (p, g) in v.items()} for k, v in results.items()}, f, indent=2)
-    except (CliError, FileNotFoundError) as e:
+    except (CliError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cols = list(COMPONENTS) + ["total"]

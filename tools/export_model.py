@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 
-from fpn_plugin.checked_io import CliError, atomic_output, build_model_with_weights, read_image
+from fpn_plugin.engine.atomic import atomic_output
+from fpn_plugin.engine.checked_io import CliError, build_model_with_weights, read_image
 from fpn_plugin.config import load_config
 
 FILES = {"torchscript": "model_scripted.ts", "tracing": "model_traced.ts", "onnx": "model.onnx"}
@@ -26,8 +27,8 @@ def main(argv=None):
     try:
         import torch
 
-        from fpn_plugin import export
-        from fpn_plugin.inference import test_time_resize
+        from fpn_plugin.engine import export
+        from fpn_plugin.engine.inference import test_time_resize
 
         cfg = load_config(args.config_file, args.opts)
         cfg.defrost()
@@ -54,7 +55,7 @@ def main(argv=None):
                 except NotImplementedError as e:
                     raise CliError(f"{fmt}: {e}") from e
             rows.append((fmt, path, result["max_abs_diff"]))
-    except (CliError, FileNotFoundError) as e:
+    except (CliError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"input {image.shape[1]}x{image.shape[2]} (the config's test-time size)")

@@ -12,7 +12,8 @@ Boxes are measured at the config's test-time input scale (INPUT.MIN_SIZE_TEST, M
 import argparse
 import sys
 
-from fpn_plugin.checked_io import CliError, atomic_output
+from fpn_plugin.engine.atomic import atomic_output
+from fpn_plugin.engine.checked_io import CliError
 from fpn_plugin.config import load_config
 
 
@@ -30,9 +31,9 @@ def main(argv=None):
         from detectron2.data import DatasetCatalog
 
         import fpn_plugin  # noqa: F401  (registers the embedded datasets)
-        from fpn_plugin.anchor_coverage import feature_levels, gt_boxes
-        from fpn_plugin.pyramid_fit import fit_pyramid, format_report
-        from fpn_plugin.visualize import plot_level_histogram
+        from fpn_plugin.analysis.anchor_coverage import feature_levels, gt_boxes
+        from fpn_plugin.analysis.pyramid_fit import fit_pyramid, format_report
+        from fpn_plugin.analysis.visualize import plot_level_histogram
 
         cfg = load_config(args.config_file, args.opts)
         if args.dataset not in DatasetCatalog:
@@ -55,7 +56,7 @@ def main(argv=None):
         with atomic_output(args.output) as tmp:
             plot_level_histogram(gt.sizes, tmp, canonical_size=now["canonical_size"], **rule, anchor_marks=marks,
                                  title=f"{args.dataset}: {len(gt.boxes)} boxes on the pyramid")
-    except (CliError, FileNotFoundError) as e:
+    except (CliError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     scale = (f"short side resized to {cfg.INPUT.MIN_SIZE_TEST} px, long side at most {cfg.INPUT.MAX_SIZE_TEST} px"

@@ -13,7 +13,8 @@ model runs as Detectron2's DefaultPredictor runs it (the config's test-time resi
 import argparse
 import sys
 
-from fpn_plugin.checked_io import CliError, atomic_output, read_image
+from fpn_plugin.engine.atomic import atomic_output
+from fpn_plugin.engine.checked_io import CliError, read_image
 from fpn_plugin.config import load_config
 
 
@@ -27,8 +28,8 @@ def main(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
     args = parser.parse_args(argv)
     try:
-        from fpn_plugin.inference import build_predictor
-        from fpn_plugin.visualize import pyramid_forward, render_pyramid
+        from fpn_plugin.engine.inference import build_predictor
+        from fpn_plugin.analysis.visualize import pyramid_forward, render_pyramid
 
         cfg = load_config(args.config_file, args.opts)
         image = read_image(args.input, "BGR")  # DefaultPredictor converts to INPUT.FORMAT itself
@@ -44,7 +45,7 @@ def main(argv=None):
             render_pyramid(image[:, :, ::-1].copy(), bottom_up, pyramid, instances, levels, zoom=args.zoom).save(
                 tmp, format="PNG"
             )
-    except (CliError, FileNotFoundError) as e:
+    except (CliError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}: {len(instances)} detections drawn (score >= {args.confidence}) of {total}")

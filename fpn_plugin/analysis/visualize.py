@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from detectron2.modeling.postprocessing import detector_postprocess
 
-from .inference import pooler_levels
+from ..engine.inference import pooler_levels
 
 __all__ = ["LEVEL_COLOURS", "pyramid_forward", "render_pyramid", "pyramid_canvas_size", "plot_level_histogram"]
 
@@ -22,7 +22,7 @@ _GAP, _LABEL = 6, 14  # px between panels, px of label text above each panel
 @torch.no_grad()
 def pyramid_forward(predictor, image_bgr: np.ndarray):
     """Run ``predictor`` (Detectron2's ``DefaultPredictor``, e.g. from
-    :func:`fpn_plugin.inference.build_predictor`) on one (H, W, 3) uint8 BGR image, exactly as
+    :func:`fpn_plugin.engine.inference.build_predictor`) on one (H, W, 3) uint8 BGR image, exactly as
     it runs at test time, and keep the maps its backbone computed on the way. The backbone may be
     any FPN with a bottom-up network at ``backbone.bottom_up``: the plugin's necks or
     Detectron2's ``FPN`` (stock ``faster_rcnn_R_50_FPN_*`` / ``mask_rcnn_R_50_FPN_*`` models).

@@ -1,15 +1,13 @@
-"""Checked inputs and atomic outputs for the command-line tools: reading images, building a model
-with weights that must fit it, and writing files so that a failure leaves nothing half-written.
+"""Checked inputs for the command-line tools: reading images, and building a model with weights
+that must fit it (the tools write through :func:`fpn_plugin.engine.atomic.atomic_output`).
 Errors are :class:`CliError` with one message naming the file or key; the tools print it and
 exit with status 2."""
 import os
-import tempfile
-from contextlib import contextmanager
 
 import numpy as np
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["CliError", "read_image", "build_model_with_weights", "load_weights_checked", "atomic_output", "image_files"]
+__all__ = ["CliError", "read_image", "build_model_with_weights", "load_weights_checked", "image_files"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -83,22 +81,3 @@ class _RecordingCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint):
         self.incompatible = super()._load_model(checkpoint)
         return self.incompatible
-
-
-@contextmanager
-def atomic_output(path):
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
-    A folder that cannot be written is a CliError raised before any work."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-        os.close(fd)
-    except OSError as e:
-        raise CliError(f"cannot write {path}: {e.strerror or e}") from e
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -1,10 +1,10 @@
 """Checkpoints that survive a killed run: Detectron2's ``DetectionCheckpointer`` with atomic
 writes and a resume that steps past a checkpoint it cannot read.
 
-* :meth:`AtomicCheckpointer.save` writes ``<name>.pth.tmp`` in the output folder, fsyncs it and
-  renames it to ``<name>.pth``; ``last_checkpoint`` is replaced the same way afterwards. A kill
-  at any moment leaves under a final name either the previous file or the complete new one (at
-  worst a ``*.tmp`` that nothing reads and the next save of that name overwrites).
+* :meth:`AtomicCheckpointer.save` writes ``<name>.pth`` through :func:`~fpn_plugin.engine.atomic.atomic_output`
+  (a temporary file beside it, fsynced and renamed); ``last_checkpoint`` is replaced the same way
+  afterwards. A kill at any moment leaves under a final name either the previous file or the
+  complete new one (at worst a hidden ``.<name>.<pid>.tmp.pth`` that nothing reads).
 * :meth:`AtomicCheckpointer.resume_or_load` with ``resume=True`` loads the file
   ``last_checkpoint`` names; if that file cannot be read (missing, truncated, zero bytes, not a
   checkpoint) it logs a warning naming it and tries the other ``model_*.pth`` of the folder,
@@ -14,7 +14,6 @@ writes and a resume that steps past a checkpoint it cannot read.
 
 Only the main process writes (Detectron2's ``save_to_disk``); every process reads.
 """
-import contextlib
 import glob
 import logging
 import os
@@ -25,7 +24,9 @@ from urllib.parse import urlparse
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicCheckpointer", "UnreadableCheckpointError", "atomic_write"]
+from .atomic import atomic_output
+
+__all__ = ["AtomicCheckpointer", "UnreadableCheckpointError"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,36 +40,6 @@ class UnreadableCheckpointError(RuntimeError):
     def __init__(self, path, reason):
         self.path = path
         super().__init__(f"cannot read checkpoint {path}: {reason}")
-
-
-def atomic_write(path, write, mode="wb"):
-    """Call ``write(f)`` on ``path + ".tmp"`` (same folder), fsync, and rename it to ``path``.
-
-    Readers see the old file or the complete new one, never a partial one. If ``write`` raises,
-    the temporary file is removed and the exception propagates; ``path`` is untouched.
-    """
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
-def _fsync_dir(folder):
-    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _mtime(path):
@@ -108,14 +79,15 @@ class AtomicCheckpointer(DetectionCheckpointer):
         path = os.path.join(self.save_dir, basename)
         logger.info("Saving checkpoint to %s", path)
         os.makedirs(self.save_dir, exist_ok=True)
-        # torch.save is looked up at call time, so a test can make it fail part-way.
-        atomic_write(path, lambda f: torch.save(data, f))
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            torch.save(data, f)  # looked up at call time, so a test can make it fail part-way
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
         """Replace ``last_checkpoint`` atomically with the given basename."""
         path = os.path.join(self.save_dir, LAST_CHECKPOINT)
-        atomic_write(path, lambda f: f.write(last_filename_basename), mode="w")
+        with atomic_output(path) as tmp, open(tmp, "w") as f:
+            f.write(last_filename_basename)
 
     def load(self, path, *args, **kwargs):
         """``DetectionCheckpointer.load``; raises :class:`UnreadableCheckpointError` naming

@@ -2,7 +2,7 @@
 
 For a dataset's ground-truth boxes, measured in the pixels the model sees (each image resized as
 at test time and padded as the model pads it), this tells which level Eq. 1 pools each box from,
-how well the RPN's anchors cover the boxes (:mod:`fpn_plugin.anchor_coverage`: best anchor IoU
+how well the RPN's anchors cover the boxes (:mod:`fpn_plugin.analysis.anchor_coverage`: best anchor IoU
 and RPN positives per box, per COCO size class), which levels are empty or
 overloaded, and which anchor sizes and canonical size would fit the data. Every size here is in
 input pixels (after the test-time resize), the unit anchors and Eq. 1 are in.
@@ -16,7 +16,7 @@ import torch
 
 from .anchor_coverage import (GtBoxes, anchor_coverage, build_anchors, build_matcher, coverage_table, feature_levels,
                               nearest_anchor_iou, positives_table)
-from .poolers import roi_levels
+from ..modeling.poolers import roi_levels
 
 __all__ = ["level_counts", "level_warnings", "canonical_size_for", "Suggestion", "suggest_pyramid", "fit_pyramid",
            "format_report"]

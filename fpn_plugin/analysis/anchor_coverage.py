@@ -4,7 +4,7 @@ The boxes are measured in the pixels the model sees (each image resized as at te
 as the model pads it); for each box this gives its best IoU with the anchors Detectron2's anchor
 generator places on the image's grid, the level of that anchor, and how many anchors the RPN's
 matcher labels positive for it, with per COCO size class summaries. Every size here is in input
-pixels (after the test-time resize), the unit anchors are in. :mod:`fpn_plugin.pyramid_fit` builds
+pixels (after the test-time resize), the unit anchors are in. :mod:`fpn_plugin.analysis.pyramid_fit` builds
 the level report on these.
 """
 import logging

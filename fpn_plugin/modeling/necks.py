@@ -20,7 +20,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import Backbone
 from fvcore.common.registry import Registry
 
-from .config import check_choice, check_width
+from ..config import check_choice, check_width
 
 __all__ = [
     "NECK_REGISTRY", "PyramidNeck", "PaperFPN", "BottomUpPyramid", "TopDownNoLateral",

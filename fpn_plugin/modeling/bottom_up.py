@@ -11,7 +11,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_resnet_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 
-from .config import check_width
+from ..config import check_width
 
 __all__ = ["basic_block_stages", "build_bottom_up", "build_resnet_any_width_backbone"]
 

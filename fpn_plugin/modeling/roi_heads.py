@@ -9,7 +9,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers, build_box_head, build_keypoint_head, build_mask_head
 from detectron2.structures import Instances
 
-from .config import check_choice
+from ..config import check_choice
 from .necks import level_of
 from .poolers import LEVEL_ROUNDINGS, LevelROIPooler
 

@@ -1,6 +1,6 @@
 """The trainer of the plugin's jobs: Detectron2's DefaultTrainer with COCOEvaluator, the checked
 data path, ``eval_results.json`` written by :meth:`Trainer.test`, DDP on CPU (gloo), checkpoints
-that survive a kill (:class:`fpn_plugin.checkpoint.AtomicCheckpointer`), and SGD or AdamW
+that survive a kill (:class:`fpn_plugin.engine.checkpoint.AtomicCheckpointer`), and SGD or AdamW
 (``SOLVER.OPTIMIZER``).
 """
 import json
@@ -16,10 +16,11 @@ from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 
-from .checkpoint import AtomicCheckpointer, atomic_write
-from .config import check_choice
-from .data import check_has_masks, check_proposal_files, sanitize_annotations
-from .data.mapper import CheckedDatasetMapper
+from .atomic import atomic_output
+from .checkpoint import AtomicCheckpointer
+from ..config import check_choice
+from ..data import check_has_masks, check_proposal_files, sanitize_annotations
+from ..data.mapper import CheckedDatasetMapper
 
 __all__ = ["Trainer", "EVAL_RESULTS", "OPTIMIZERS"]
 
@@ -41,7 +42,7 @@ class Trainer(DefaultTrainer):
     the same ``create_ddp_model`` gets ``device_ids=None`` and gradients are averaged over gloo.
 
     For runs that get killed: checkpoints are written atomically and ``--resume`` steps past one
-    it cannot read (:class:`~fpn_plugin.checkpoint.AtomicCheckpointer`), and metrics are written
+    it cannot read (:class:`~fpn_plugin.engine.checkpoint.AtomicCheckpointer`), and metrics are written
     at least once per checkpoint period, so ``metrics.json`` reaches the checkpoint a resume
     starts from.
     """
@@ -140,7 +141,7 @@ class Trainer(DefaultTrainer):
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
             path = os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS)
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            atomic_write(path, lambda f: json.dump(results, f, indent=2), mode="w")
+            with atomic_output(path) as tmp, open(tmp, "w") as f:
+                json.dump(results, f, indent=2)
             logger.info("Evaluation results written to %s", path)
         return results

@@ -3,7 +3,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from .bottom_up import build_bottom_up
-from .config import check_choice
+from ..config import check_choice
 from .fast_path import AUTOCAST_DTYPES, enable_fast_path
 from .necks import build_neck
 
