@@ -3,12 +3,15 @@
 
 Models: Detectron2's faster_rcnn_R_50_FPN_1x ("stock"); the same config with the plugin's backbone
 and ROI heads ("plugin", stock weights loaded into it); and the plugin with its fast path
-(channels-last + bf16 autocast, "fast"). Points: (i) the neck alone on cached C2..C5, (ii)
+(channels-last + bf16 autocast, "fast"). With ``--bottom-up`` (a BACKBONE_REGISTRY name, e.g.
+build_timm_backbone with ``--timm NAME``), all three stand on that bottom-up, and "stock" is
+Detectron2's own ``FPN`` class built on the same bottom-up network, with the same weights. Points: (i) the neck alone on cached C2..C5, (ii)
 inference at batch 1 and batch 8, (iii) one training iteration at batch 4 (time and peak memory).
 Prints medians and ratios to stock; writes JSON with --json.
 
     python benchmarks/benchmark.py                       # CPU, small images
     python benchmarks/benchmark.py --device cuda         # 800x1216, TF32 on for stock and plugin
+    python benchmarks/benchmark.py --bottom-up build_timm_backbone --timm convnext_atto
 """
 import argparse
 import copy
@@ -22,13 +25,16 @@ from contextlib import contextmanager
 import torch
 
 
-def configs(device):
+def configs(device, bottom_up="", timm_name=""):
     from detectron2.model_zoo import get_config_file
 
     import fpn_plugin  # noqa: F401  (registers the plugin's backbone and ROI heads)
     from fpn_plugin.config import load_config
 
     stock = load_config(get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"), ["MODEL.DEVICE", device])
+    if bottom_up:
+        stock.MODEL.FPN_PAPER.BOTTOM_UP = bottom_up
+        stock.MODEL.TIMM.NAME = timm_name
     plugin = stock.clone()
     plugin.MODEL.BACKBONE.NAME = "build_resnet_fpn_paper_backbone"
     plugin.MODEL.ROI_HEADS.NAME = "FPNPaperROIHeads"
@@ -36,6 +42,15 @@ def configs(device):
     fast.MODEL.FPN_PAPER.FAST.CHANNELS_LAST = True
     fast.MODEL.FPN_PAPER.FAST.AUTOCAST = "bf16"
     return {"stock": stock, "plugin": plugin, "fast": fast}
+
+
+def stock_fpn_on(plugin_backbone):
+    """Detectron2's own FPN class on the plugin's bottom-up network (a copy: same weights), with the
+    plugin neck's inputs and width: the stock model for a bottom-up Detectron2 has no builder for."""
+    from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+
+    return FPN(bottom_up=copy.deepcopy(plugin_backbone.bottom_up), in_features=plugin_backbone.in_features,
+               out_channels=plugin_backbone.output_shape()["p2"].channels, top_block=LastLevelMaxPool())
 
 
 def sync(device):
@@ -181,6 +196,8 @@ def main(argv=None):
     parser.add_argument("--size", nargs=2, type=int, help="H W (default 800 1216 on CUDA, 320 480 on CPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per point (default 20 CUDA, 5 CPU)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--bottom-up", default="", help="a BACKBONE_REGISTRY name for MODEL.FPN_PAPER.BOTTOM_UP")
+    parser.add_argument("--timm", default="", help="MODEL.TIMM.NAME, with --bottom-up build_timm_backbone")
     args = parser.parse_args(argv)
     from detectron2.modeling import build_model
 
@@ -192,8 +209,10 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
-    cfgs = configs(device)
+    cfgs = configs(device, args.bottom_up, args.timm)
     stock = build_model(cfgs["stock"])
+    if args.bottom_up:
+        stock.backbone = stock_fpn_on(build_model(cfgs["plugin"]).backbone).to(device)
     weights = copy.deepcopy(stock.state_dict())
     models = {"stock": stock}
     for name in ("plugin", "fast"):
@@ -213,7 +232,8 @@ def main(argv=None):
 
     points = list(results["stock"])
     env = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-           "threads": torch.get_num_threads(), "torch": torch.__version__, "size": [h, w], "repeats": repeats}
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "size": [h, w], "repeats": repeats,
+           "bottom_up": args.bottom_up or "ResNet-50", "timm": args.timm}
     print(f"{env}\n")
     print("| point | stock | plugin | plugin/stock | fast | fast/stock |\n|---|---|---|---|---|---|")
     for p in points:

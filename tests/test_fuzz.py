@@ -153,5 +153,5 @@ def test_any_fpn_paper_value_builds_or_names_the_key(make_cfg, values, via_comma
 def test_values_found_by_fuzzing_are_refused(make_cfg, key, value):
     cfg = make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN.OUT_CHANNELS", 16, "MODEL.ROI_BOX_HEAD.FC_DIM", 16)
     set_key(cfg, key, value)
-    with pytest.raises(ValueError, match=f"MODEL.FPN_PAPER.{key}="):
+    with pytest.raises(ValueError, match=f"MODEL.FPN_PAPER.{key}"):
         build_model(cfg)

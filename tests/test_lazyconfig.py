@@ -6,7 +6,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import SimpleTrainer
 from detectron2.modeling import build_model
 
-from conftest import CONFIGS, elements_by_group
+from helpers import CONFIGS, elements_by_group
 
 
 def test_lazy_model_equals_yaml_model(make_cfg):

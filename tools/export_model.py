@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Export a plugin model to TorchScript (scripting, tracing) and ONNX, and check each export's
-outputs against eager PyTorch on the same input, resized to the config's test-time size.
+outputs against eager PyTorch on the same input, resized to the config's test-time size. An export
+whose detections differ from eager by more than fpn_plugin.engine.export.TOLERANCE is refused
+(nothing written, one line saying why, exit status 2).
 
     python tools/export_model.py --config-file configs/fpn_paper.yaml [--format torchscript tracing onnx] \
         [--sample-image img.jpg] --output exported/ MODEL.WEIGHTS model_final.pth
@@ -54,6 +56,13 @@ def main(argv=None):
                     result = run(model, image, tmp)
                 except NotImplementedError as e:
                     raise CliError(f"{fmt}: {e}") from e
+                if result["max_abs_diff"] > export.TOLERANCE:  # NaN (no onnxruntime) passes: unchecked
+                    raise CliError(
+                        f"{fmt}: not written: the exported model's detections differ from eager PyTorch's by "
+                        f"{result['max_abs_diff']:.3g} (more than {export.TOLERANCE}), so the export does not "
+                        "record what this model computes (tracing keeps one input's Python control flow); "
+                        "try --format torchscript"
+                    )
             rows.append((fmt, path, result["max_abs_diff"]))
     except (CliError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,6 +14,9 @@ DETECTRON2_COMMIT=02b5c4e295e990042a714712c21dc79b731e8833
 DETECTRON2_REPO=https://github.com/facebookresearch/detectron2.git
 TORCH=2.14.1
 TORCHVISION=0.29.1
+# timm for the timm bottom-ups (MODEL.FPN_PAPER.BOTTOM_UP: build_timm_backbone); the same pin as
+# fpn_plugin/modeling/timm_backbone.py's TIMM_VERSION.
+TIMM=1.0.31
 
 PY=${PYTHON:-python3}
 quiet=(-q --disable-pip-version-check)
@@ -159,8 +162,9 @@ else
   install_detectron2
 fi
 
-# --- shapely (cropping polygon masks), the tools the tests and exports use, and the plugin ---
-"$PY" -m pip install "${quiet[@]}" -c "$constraints" shapely pytest hypothesis opencv-python-headless onnx onnxruntime
+# --- shapely (cropping polygon masks), timm (held to the installed torch), the tools the tests
+# and exports use, and the plugin ---
+"$PY" -m pip install "${quiet[@]}" -c "$constraints" shapely "timm==$TIMM" pytest hypothesis opencv-python-headless onnx onnxruntime
 "$PY" -m pip install "${quiet[@]}" -c "$constraints" --no-build-isolation --no-deps -e .
 "$PY" -m pip install "${quiet[@]}" -c "$constraints" "setuptools>=77.0.3,<81"  # re-pin if moved
 echo "[setup] ready in $((SECONDS - t_start)) s: torch $installed_torch, $("$PY" -c 'import detectron2; print("detectron2", detectron2.__version__)')"

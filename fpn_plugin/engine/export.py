@@ -6,15 +6,32 @@ import torch
 from detectron2.export import TracingAdapter, scripting_with_instances
 from detectron2.structures import Boxes
 
-__all__ = ["EXPORT_FORMATS", "export_scripted", "export_traced", "export_onnx", "eager_outputs"]
+__all__ = ["EXPORT_FORMATS", "TOLERANCE", "script_fields", "export_scripted", "export_traced", "export_onnx", "eager_outputs"]
 
 EXPORT_FORMATS = ("torchscript", "tracing", "onnx")
+#: Largest difference (px, score) between exported and eager detections an export may show:
+#: ONNX Runtime's float rounding, amplified by untrained box deltas, stays at hundredths.
+TOLERANCE = 0.1
 
-# Instances fields the scripted model produces (boxes-only Faster R-CNN).
+# Instances fields of a scripted R-CNN: Detectron2's (as its export tests give them), the plugin's
+# pred_levels, and those of the mask and keypoint heads where they are on.
 _SCRIPT_FIELDS = {
     "proposal_boxes": Boxes, "objectness_logits": torch.Tensor,
     "pred_boxes": Boxes, "scores": torch.Tensor, "pred_classes": torch.Tensor, "pred_levels": torch.Tensor,
 }
+_MASK_FIELDS = {"pred_masks": torch.Tensor}
+_KEYPOINT_FIELDS = {"pred_keypoints": torch.Tensor, "pred_keypoint_heatmaps": torch.Tensor}
+
+
+def script_fields(model) -> Dict[str, type]:
+    """The Instances fields ``scripting_with_instances`` needs for ``model``."""
+    heads = getattr(model, "roi_heads", None)
+    fields = dict(_SCRIPT_FIELDS)
+    if getattr(heads, "mask_on", False):
+        fields.update(_MASK_FIELDS)
+    if getattr(heads, "keypoint_on", False):
+        fields.update(_KEYPOINT_FIELDS)
+    return fields
 
 
 @torch.no_grad()
@@ -42,9 +59,7 @@ def _max_diff(a, b) -> float:
 def export_scripted(model, image: torch.Tensor, path: str) -> Dict[str, float]:
     """torch.jit.script through Detectron2's ``scripting_with_instances``; saved to ``path``.
     Returns {"max_abs_diff": ...} against eager on ``image``."""
-    if model.roi_heads.mask_on or model.roi_heads.keypoint_on:
-        raise NotImplementedError("scripting is supported for box-only models; export masks by tracing")
-    scripted = scripting_with_instances(model, _SCRIPT_FIELDS)
+    scripted = scripting_with_instances(model, script_fields(model))
     scripted.save(path)
     loaded = torch.jit.load(path)
     inst = loaded.inference([{"image": image}], do_postprocess=False)[0]

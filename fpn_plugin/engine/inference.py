@@ -26,13 +26,16 @@ def test_time_resize(cfg) -> T.ResizeShortestEdge:
 def build_predictor(cfg):
     """Detectron2's ``DefaultPredictor`` for ``cfg`` (BGR images in, the test-time resize, outputs
     in the image's pixels), with MODEL.WEIGHTS loaded by the same DetectionCheckpointer but checked:
-    weights that are missing, unreadable or do not fit the model are a CliError naming the file."""
+    weights that are missing, unreadable or do not fit the model are a CliError naming the file.
+    The plugin's ROI heads give each detection its level (MODEL.FPN_PAPER.PRED_LEVELS on)."""
     from detectron2.engine import DefaultPredictor
 
     weights = cfg.MODEL.WEIGHTS
     unloaded = cfg.clone()
     unloaded.defrost()
     unloaded.MODEL.WEIGHTS = ""  # loaded below, where a misfit is an error rather than a log line
+    if "FPN_PAPER" in unloaded.MODEL:
+        unloaded.MODEL.FPN_PAPER.PRED_LEVELS = True  # the tools show each detection's level
     predictor = DefaultPredictor(unloaded)
     load_weights_checked(predictor.model, weights)
     predictor.cfg.MODEL.WEIGHTS = weights

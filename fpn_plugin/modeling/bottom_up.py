@@ -1,4 +1,6 @@
-"""The bottom-up pathway (Sec. 3): Detectron2's ResNet, C2..C5 at strides 4, 8, 16, 32.
+"""The bottom-up pathway (Sec. 3): any Backbone registered in Detectron2's ``BACKBONE_REGISTRY``,
+named by ``MODEL.FPN_PAPER.BOTTOM_UP`` (:func:`build_bottom_up`); by default Detectron2's ResNet,
+C2..C5 at strides 4, 8, 16, 32, built here at any width (:func:`build_resnet_bottom_up`).
 
 Detectron2 builds ResNet-18/34 at one width only (``MODEL.RESNETS.RES2_OUT_CHANNELS`` must be 64).
 The paper fixes the pathway's stages and strides, not its width, and a network trained from scratch
@@ -8,12 +10,16 @@ on a CPU buys more iterations with fewer channels. Here the basic-block depths t
 Detectron2's ``build_resnet_backbone`` builds, by that function, so checkpoints keep their names.
 """
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, build_resnet_backbone
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone, build_resnet_backbone
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 
 from ..config import check_width
 
-__all__ = ["basic_block_stages", "build_bottom_up", "build_resnet_any_width_backbone"]
+__all__ = ["basic_block_stages", "build_bottom_up", "build_resnet_bottom_up", "build_resnet_any_width_backbone",
+           "PYRAMID_BUILDERS"]
+
+#: Registered builders that make a pyramid themselves, so cannot be the bottom-up of one.
+PYRAMID_BUILDERS = ("build_resnet_fpn_paper_backbone", "build_resnet_fpn_backbone", "build_retinanet_resnet_fpn_backbone")
 
 # Blocks per stage res2..res5 of the basic-block ResNets (He et al., Table 1).
 BASIC_BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
@@ -34,7 +40,27 @@ def basic_block_stages(depth: int, stem_channels: int, res2_channels: int, norm:
     return stages
 
 
-def build_bottom_up(cfg, input_shape: ShapeSpec) -> ResNet:
+def build_bottom_up(cfg, input_shape: ShapeSpec) -> Backbone:
+    """The bottom-up network MODEL.FPN_PAPER.BOTTOM_UP names: a builder in Detectron2's
+    ``BACKBONE_REGISTRY``, called as ``builder(cfg, input_shape)`` (default
+    ``build_resnet_any_width_backbone``, the ResNet of MODEL.RESNETS). The neck reads the
+    channels and strides of whatever its ``output_shape()`` gives.
+
+    Raises ValueError naming the key and listing the registered builders for an unknown name or
+    one that builds a pyramid itself, and TypeError when the builder returns no Backbone.
+    """
+    name = cfg.MODEL.FPN_PAPER.BOTTOM_UP
+    registered = sorted(n for n, _ in BACKBONE_REGISTRY if n not in PYRAMID_BUILDERS)
+    if name in PYRAMID_BUILDERS or name not in BACKBONE_REGISTRY:
+        why = "builds a pyramid itself" if name in PYRAMID_BUILDERS else "is not registered in BACKBONE_REGISTRY"
+        raise ValueError(f"MODEL.FPN_PAPER.BOTTOM_UP={name!r} {why}; registered bottom-ups: {registered}")
+    bottom_up = BACKBONE_REGISTRY.get(name)(cfg, input_shape)
+    if not isinstance(bottom_up, Backbone):
+        raise TypeError(f"MODEL.FPN_PAPER.BOTTOM_UP={name!r} returned a {type(bottom_up).__name__}, not a detectron2 Backbone")
+    return bottom_up
+
+
+def build_resnet_bottom_up(cfg, input_shape: ShapeSpec) -> ResNet:
     """ResNet of MODEL.RESNETS on an input of ``input_shape`` (channels, e.g. 3).
 
     Returns a Detectron2 ``ResNet`` whose ``forward`` maps (N, C, H, W) images to the features of
@@ -60,6 +86,7 @@ def build_bottom_up(cfg, input_shape: ShapeSpec) -> ResNet:
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_any_width_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
-    """:func:`build_bottom_up` as a backbone of its own: the single-map models (the C4 and C5 rows of
-    the paper's ablations) at the width of the pyramid they are compared with."""
-    return build_bottom_up(cfg, input_shape)
+    """:func:`build_resnet_bottom_up` as a registered backbone: the default bottom-up of the
+    pyramid, and on its own the single-map models (the C4 and C5 rows of the paper's ablations)
+    at the width of the pyramid they are compared with."""
+    return build_resnet_bottom_up(cfg, input_shape)

@@ -1,17 +1,14 @@
 """ROI heads that pool every RoI from the pyramid level Eq. 1 names, for boxes and masks alike."""
 import logging
-import math
 from typing import Dict, List
 
 import torch
-from detectron2.layers import ShapeSpec
+from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
-from detectron2.modeling.roi_heads import FastRCNNOutputLayers, build_box_head, build_keypoint_head, build_mask_head
 from detectron2.structures import Instances
 
 from ..config import check_choice
-from .necks import level_of
-from .poolers import LEVEL_ROUNDINGS, LevelROIPooler
+from .poolers import LevelROIPooler
 
 __all__ = ["FPNPaperROIHeads", "POOLER_TYPES"]
 
@@ -32,52 +29,51 @@ class FPNPaperROIHeads(StandardROIHeads):
     classification and box regression, shared across levels) is Detectron2's
     ``FastRCNNConvFCHead`` with NUM_CONV 0, NUM_FC 2, FC_DIM 1024, set in Base-FPN-Paper.yaml.
 
-    At inference every output Instances also has ``pred_levels``, (R,) int64: the absolute
-    pyramid level (2 for P2, ...) the detection's RoI (the proposal its box was regressed
-    from) was pooled from.
+    With ``pred_levels`` (MODEL.FPN_PAPER.PRED_LEVELS; the tools switch it on), every output
+    Instances at inference also has ``pred_levels``, (R,) int64: the absolute pyramid level (2
+    for P2, ...) the detection's RoI (the proposal its box was regressed from) was pooled from.
+    Off, the outputs have exactly Detectron2's fields, as code comparing them expects.
     """
 
-    # Constants for TorchScript, so scripting compiles away the heads that are off.
+    # Constants for TorchScript, so scripting compiles away the branches that are off.
     mask_on: torch.jit.Final[bool]
     keypoint_on: torch.jit.Final[bool]
+    pred_levels: torch.jit.Final[bool]
+
+    @configurable
+    def __init__(self, *, pred_levels: bool = False, **kwargs):
+        """
+        Args:
+            pred_levels: give each detection its RoI's level as the field ``pred_levels``.
+            kwargs: the arguments of Detectron2's StandardROIHeads.
+        """
+        super().__init__(**kwargs)
+        check_choice(pred_levels, [False, True], "MODEL.FPN_PAPER.PRED_LEVELS", "pred_levels")
+        self.pred_levels = pred_levels
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         check_roi_config(cfg, input_shape)
-        return super().from_config(cfg, input_shape)
+        return {**super().from_config(cfg, input_shape), "pred_levels": cfg.MODEL.FPN_PAPER.PRED_LEVELS}
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
-        in_features, pooler, shape = level_pooler(cfg, input_shape, "ROI_BOX_HEAD")
-        box_head = build_box_head(cfg, shape)
-        return {
-            "box_in_features": in_features,
-            "box_pooler": pooler,
-            "box_head": box_head,
-            "box_predictor": FastRCNNOutputLayers(cfg, box_head.output_shape),
-        }
+        return _with_eq1_pooler(super()._init_box_head(cfg, input_shape), "box_pooler", cfg, input_shape, "ROI_BOX_HEAD")
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
-        if not cfg.MODEL.MASK_ON:
-            return {}
-        in_features, pooler, shape = level_pooler(cfg, input_shape, "ROI_MASK_HEAD")
-        return {"mask_in_features": in_features, "mask_pooler": pooler, "mask_head": build_mask_head(cfg, shape)}
+        return _with_eq1_pooler(super()._init_mask_head(cfg, input_shape), "mask_pooler", cfg, input_shape, "ROI_MASK_HEAD")
 
     @classmethod
     def _init_keypoint_head(cls, cfg, input_shape):
-        if not cfg.MODEL.KEYPOINT_ON:
-            return {}
-        in_features, pooler, shape = level_pooler(cfg, input_shape, "ROI_KEYPOINT_HEAD")
-        return {
-            "keypoint_in_features": in_features,
-            "keypoint_pooler": pooler,
-            "keypoint_head": build_keypoint_head(cfg, shape),
-        }
+        return _with_eq1_pooler(
+            super()._init_keypoint_head(cfg, input_shape), "keypoint_pooler", cfg, input_shape, "ROI_KEYPOINT_HEAD"
+        )
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
-        """Training: Detectron2's box branch (losses). Inference: the same computation, and each
-        detection's ``pred_levels`` taken from the proposal it was regressed from."""
+        """Detectron2's box branch. Its inference half is written out here because Detectron2's
+        drops the indices of the kept proposals, which ``pred_levels`` reads; the computation
+        is the same."""
         if self.training:
             return super()._forward_box(features, proposals)
         boxes = [p.proposal_boxes for p in proposals]
@@ -87,34 +83,42 @@ class FPNPaperROIHeads(StandardROIHeads):
         # 7 x 7 floats: 400 MB) past the box head, nor the head's features past the predictor.
         del box_features
         instances, kept = self.box_predictor.inference(predictions, proposals)
-        for inst, proposal_boxes, keep in zip(instances, boxes, kept):
-            inst.pred_levels = self.box_pooler.levels([proposal_boxes])[keep]
+        if self.pred_levels:
+            for inst, proposal_boxes, keep in zip(instances, boxes, kept):
+                levels = self.box_pooler.levels([proposal_boxes])[keep]
+                if torch.jit.is_scripting():
+                    # A scripted Instances has only the fields given to scripting_with_instances
+                    # (field f held as attribute _f; TorchScript decides hasattr when compiling):
+                    # without pred_levels among them, this compiles away.
+                    if hasattr(inst, "_pred_levels"):
+                        inst.pred_levels = levels
+                else:
+                    inst.pred_levels = levels
         return instances
 
 
-def level_pooler(cfg, input_shape, head: str):
-    """(in_features, the Eq. 1 pooler or None, the head's input shape) for the head whose keys
-    are ``MODEL.<head>.POOLER_*``. A mask or keypoint head with POOLER_TYPE "" pools nothing
-    and gets the feature shapes by name, as in Detectron2."""
-    head_cfg = cfg.MODEL[head]
-    in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-    if not head_cfg.POOLER_TYPE:
-        return in_features, None, {f: input_shape[f] for f in in_features}
-    size = head_cfg.POOLER_RESOLUTION
-    pooler = LevelROIPooler(
-        output_size=size,
-        scales=tuple(1.0 / input_shape[f].stride for f in in_features),
+def _with_eq1_pooler(head: dict, key: str, cfg, input_shape, head_name: str) -> dict:
+    """Detectron2's head arguments ``head`` with its ROIPooler ``head[key]`` (absent or None when
+    the head is off or pools nothing) replaced by the Eq. 1 pooler of the same MODEL.<head_name>
+    keys, on the same levels."""
+    if head.get(key) is None:
+        return head
+    head_cfg = cfg.MODEL[head_name]
+    return {**head, key: LevelROIPooler(
+        output_size=head_cfg.POOLER_RESOLUTION,
+        scales=tuple(1.0 / input_shape[f].stride for f in cfg.MODEL.ROI_HEADS.IN_FEATURES),
         sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
         pooler_type=head_cfg.POOLER_TYPE,
         canonical_box_size=cfg.MODEL.FPN_PAPER.CANONICAL_SIZE,
         canonical_level=cfg.MODEL.FPN_PAPER.CANONICAL_LEVEL,
         level_rounding=cfg.MODEL.FPN_PAPER.LEVEL_ROUNDING,
-    )
-    return in_features, pooler, ShapeSpec(channels=input_shape[in_features[0]].channels, height=size, width=size)
+    )}
 
 
 def check_roi_config(cfg, input_shape):
-    """Raise ValueError naming the key for ROI-head settings that cannot work with the pyramid."""
+    """Raise ValueError naming the key for ROI-head settings that cannot work with the pyramid:
+    the features and pooler types, which only the config path sees together with the pyramid's
+    shapes. Eq. 1's own settings are checked by :class:`LevelROIPooler`, on every path."""
     in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
     missing = [f for f in in_features if f not in input_shape]
     if not in_features or missing:
@@ -133,29 +137,9 @@ def check_roi_config(cfg, input_shape):
             f"MODEL.ROI_HEADS.IN_FEATURES={in_features} have different widths {channels}; "
             "the heads are shared across levels and need one width"
         )
-    levels = sorted(level_of(input_shape[f].stride) for f in in_features)
-    k0 = cfg.MODEL.FPN_PAPER.CANONICAL_LEVEL
-    bad_k0 = isinstance(k0, bool) or not isinstance(k0, int)
-    # With a single pooled level (a single-scale ablation) Eq. 1 has nothing to choose.
-    if bad_k0 or (len(levels) > 1 and not levels[0] <= k0 <= levels[-1]):
-        raise ValueError(
-            f"MODEL.FPN_PAPER.CANONICAL_LEVEL={k0!r} must be an integer within the pooled levels "
-            f"{levels[0]}..{levels[-1]} (MODEL.ROI_HEADS.IN_FEATURES={in_features})"
-        )
-    size = cfg.MODEL.FPN_PAPER.CANONICAL_SIZE
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or not _positive_finite(size):
-        raise ValueError(f"MODEL.FPN_PAPER.CANONICAL_SIZE={size!r} must be a positive number of pixels")
-    check_choice(cfg.MODEL.FPN_PAPER.LEVEL_ROUNDING, LEVEL_ROUNDINGS, "MODEL.FPN_PAPER.LEVEL_ROUNDING")
     heads = ["ROI_BOX_HEAD"] + ["ROI_MASK_HEAD"] * cfg.MODEL.MASK_ON + ["ROI_KEYPOINT_HEAD"] * cfg.MODEL.KEYPOINT_ON
     for head in heads:
         pooler_type = cfg.MODEL[head].POOLER_TYPE
         if pooler_type or head == "ROI_BOX_HEAD":  # mask/keypoint heads may pool nothing ("")
             check_choice(pooler_type, POOLER_TYPES, f"MODEL.{head}.POOLER_TYPE")
 
-
-def _positive_finite(x) -> bool:
-    """0 < x < inf (NaN, inf and ints too large for a float are not sizes)."""
-    try:
-        return 0 < float(x) < math.inf
-    except OverflowError:
-        return False

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
 

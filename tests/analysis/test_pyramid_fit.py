@@ -9,7 +9,7 @@ import yaml
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 
-from conftest import CONFIGS
+from helpers import CONFIGS
 from fpn_plugin.config import load_config
 from fpn_plugin.analysis.anchor_coverage import (anchor_coverage, build_anchors, build_matcher, coverage_table, gt_boxes,
                                         nearest_anchor_iou, positives_table)

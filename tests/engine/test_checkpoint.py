@@ -14,7 +14,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-from conftest import ROOT
+from helpers import ROOT
 from fpn_plugin.engine.checkpoint import AtomicCheckpointer, UnreadableCheckpointError
 
 TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")

@@ -6,41 +6,7 @@ from detectron2.modeling import Backbone, build_backbone
 
 from fpn_plugin import NECK_REGISTRY, PaperFPN, PyramidNeck
 
-
-class StubBottomUp(Backbone):
-    """Declares res2..res5 at strides 4..32 with ``channels`` channels."""
-
-    def __init__(self, channels=1):
-        super().__init__()
-        self.channels = channels
-
-    def forward(self, x):
-        raise NotImplementedError("the tests call the neck's pyramid() on hand-made maps")
-
-    def output_shape(self):
-        return {f"res{k}": ShapeSpec(channels=self.channels, stride=2 ** k) for k in range(2, 6)}
-
-
-def identity_neck(fuse_type="sum"):
-    """One channel, laterals = identity 1x1, outputs = identity 3x3, no bias."""
-    neck = PaperFPN(
-        bottom_up=StubBottomUp(1), in_features=["res2", "res3", "res4", "res5"],
-        top_down_channels=1, out_channels=1, fuse_type=fuse_type,
-    )
-    with torch.no_grad():
-        for conv in neck.lateral_convs:
-            conv.weight.fill_(1.0)
-            conv.bias.zero_()
-        for conv in neck.output_convs:
-            conv.weight.zero_()
-            conv.weight[0, 0, 1, 1] = 1.0
-            conv.bias.zero_()
-    return neck
-
-
-def hand_inputs():
-    c5 = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
-    return {f"res{k}": torch.full((1, 1, 2 ** (6 - k), 2 ** (6 - k)), float(k)) for k in (2, 3, 4)} | {"res5": c5}
+from helpers import StubBottomUp, hand_inputs, identity_neck
 
 
 def test_top_down_is_nearest_upsample_plus_lateral():
@@ -134,5 +100,5 @@ def test_unknown_neck_lists_the_registered_ones(make_cfg):
 
 
 def test_in_features_error_lists_what_the_bottom_up_gives(make_cfg):
-    with pytest.raises(ValueError, match=r"res6.*'res2', 'res3', 'res4', 'res5'"):
+    with pytest.raises(ValueError, match=r"\['res6'\] not produced.*res2 \(stride 4\), res3 \(stride 8\), res4 \(stride 16\), res5 \(stride 32\)"):
         build_backbone(make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN.IN_FEATURES", "['res3', 'res4', 'res5', 'res6']"))

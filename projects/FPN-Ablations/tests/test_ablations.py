@@ -16,9 +16,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
-from conftest import ROOT
 
-PROJECT = os.path.join(ROOT, "projects", "FPN-Ablations")
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PROJECT)  # as when the script runs: its helper module lies beside it
 import ablation_stats  # noqa: E402
 

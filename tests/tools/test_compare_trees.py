@@ -3,7 +3,7 @@ import importlib.util
 import os
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 _spec = importlib.util.spec_from_file_location("compare_trees", os.path.join(ROOT, "benchmarks", "compare_trees.py"))
 compare_trees = importlib.util.module_from_spec(_spec)

@@ -5,7 +5,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
-from test_model import inputs
+from helpers import inputs
 
 # Normalised pixels keep a randomly initialised model's scores away from saturation, so the
 # comparison below measures the fast path and not ties between saturated scores.

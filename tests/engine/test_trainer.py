@@ -1,7 +1,7 @@
 """The trainer's optimizer choice (SOLVER.OPTIMIZER)."""
 import pytest
 import torch
-from conftest import elements_by_group
+from helpers import elements_by_group
 
 from fpn_plugin.engine import Trainer
 

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 SCRIPT = os.path.join(ROOT, "tools", "setup_env.sh")
 

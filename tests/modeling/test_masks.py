@@ -10,7 +10,7 @@ from detectron2.structures import Boxes, BitMasks, Instances
 from detectron2.utils.events import EventStorage
 
 import fpn_plugin
-from test_necks import hand_inputs, identity_neck
+from helpers import hand_inputs, identity_neck
 
 
 def batch(*sizes):

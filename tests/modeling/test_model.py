@@ -10,25 +10,14 @@ from detectron2.modeling.backbone import FPN
 from detectron2.model_zoo import get_config_file
 from detectron2.utils.events import EventStorage
 
+from helpers import inputs
 
-def inputs(*sizes, boxes=True):
-    out = []
-    for h, w in sizes:
-        d = {"image": torch.randint(0, 256, (3, h, w)).float(), "height": h, "width": w}
-        if boxes:
-            from detectron2.structures import Boxes, Instances
 
-            inst = Instances((h, w))
-            inst.gt_boxes = Boxes(torch.tensor([[2.0, 3.0, w / 2, h / 2], [w / 3, h / 4, w - 1, h - 2]]))
-            inst.gt_classes = torch.tensor([0, 3])
-            d["instances"] = inst
-        out.append(d)
-    return out
 
 
 @pytest.mark.parametrize("config", ["Base-FPN-Paper.yaml", "fpn_paper_128.yaml"])
 def test_train_step_and_inference(make_cfg, config):
-    model = build_model(make_cfg(config))
+    model = build_model(make_cfg(config, "MODEL.FPN_PAPER.PRED_LEVELS", True))
     width = 128 if "128" in config else 256
     assert model.roi_heads.box_head.fc1.in_features == width * 7 * 7
     assert model.proposal_generator.rpn_head.conv.in_channels == width
@@ -48,7 +37,7 @@ def test_train_step_and_inference(make_cfg, config):
 
 @pytest.mark.parametrize("hw", [(32, 32), (33, 45), (61, 97), (200, 33)])
 def test_any_image_size_from_32px(make_cfg, hw):
-    model = build_model(make_cfg()).eval()
+    model = build_model(make_cfg("Base-FPN-Paper.yaml", "MODEL.FPN_PAPER.PRED_LEVELS", True)).eval()
     with torch.no_grad():
         out = model(inputs(hw, boxes=False))
     assert_detections_inside(out[0]["instances"], hw)
@@ -123,3 +112,54 @@ def test_256_checkpoint_into_128_variant_reports_skipped(make_cfg, tmp_path):
     assert "roi_heads.box_head.fc1.weight" in skipped
     assert "backbone.fpn_lateral2.weight" not in skipped  # top-down width is 256 in both
     assert torch.equal(dst.backbone.fpn_lateral2.weight, src.backbone.fpn_lateral2.weight)
+
+
+def swapped_retinanet_cfg():
+    """Detectron2's retinanet_R_50_FPN_1x.yaml with the plugin's backbone named in it."""
+    from fpn_plugin.config import add_fpn_paper_config
+
+    cfg = add_fpn_paper_config(get_cfg())
+    cfg.merge_from_file(get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_paper_backbone"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0  # an untrained model's scores are ~0.01 (its prior)
+    return cfg
+
+
+def test_retinanet_config_names_the_top_block_it_needs():
+    cfg = swapped_retinanet_cfg()
+    with pytest.raises(ValueError, match=r"MODEL.RETINANET.IN_FEATURES=.*\['p7'\] not produced.*TOP_BLOCK 'p6p7_c5'"):
+        build_model(cfg)
+
+
+def test_stock_retinanet_checkpoint_round_trip(tmp_path):
+    """Detectron2's RetinaNet R-50-FPN checkpoint loads into the plugin's pyramid with nothing
+    missing, unexpected or mis-shaped, and gives the same P3..P7 and detections, bit for bit."""
+    stock_cfg = get_cfg()
+    stock_cfg.merge_from_file(get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
+    stock_cfg.MODEL.DEVICE = "cpu"
+    stock_cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
+    stock = build_model(stock_cfg).eval()
+    path = os.path.join(tmp_path, "retinanet.pth")
+    torch.save({"model": stock.state_dict()}, path)
+
+    cfg = swapped_retinanet_cfg()
+    cfg.MODEL.FPN_PAPER.TOP_BLOCK = "p6p7_c5"
+    model = build_model(cfg).eval()
+    assert not isinstance(model.backbone, FPN)
+    incompatible = DetectionCheckpointer(model)._load_model(torch.load(path))
+    assert not incompatible.missing_keys
+    assert not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+    assert model.state_dict().keys() == stock.state_dict().keys()
+    x = torch.randn(1, 3, 160, 224)
+    with torch.no_grad():
+        ours, theirs = model.backbone(x), stock.backbone(x)
+        assert list(ours) == list(theirs) == ["p3", "p4", "p5", "p6", "p7"]
+        for k in ours:
+            assert torch.equal(ours[k], theirs[k]), k
+        batch = inputs((150, 210), boxes=False)
+        a, b = model(batch)[0]["instances"], stock(batch)[0]["instances"]
+    assert len(a) > 0
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_classes, b.pred_classes)

@@ -4,7 +4,7 @@ import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone, build_resnet_backbone
 
-from fpn_plugin.modeling.bottom_up import build_bottom_up
+from fpn_plugin.modeling.bottom_up import build_resnet_bottom_up as build_bottom_up
 
 FULL_WIDTH = ["MODEL.RESNETS.STEM_OUT_CHANNELS", 64, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
 

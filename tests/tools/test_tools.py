@@ -12,9 +12,7 @@ from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import build_model
 from PIL import Image
 
-from conftest import ROOT
-
-TINY = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
+from helpers import ROOT, TINY
 
 
 def tool(name):
@@ -137,6 +135,26 @@ def test_export_round_trip(tmp_path, fmt, capsys):
     assert len(os.listdir(tmp_path)) == 1
 
 
+def test_export_that_differs_from_eager_is_refused(tmp_path, capsys, monkeypatch):
+    from fpn_plugin.engine import export
+
+    monkeypatch.setattr(export, "export_traced", lambda model, image, path: {"max_abs_diff": 189.0})
+    assert tool("export_model")(["--config-file", TINY, "--format", "tracing", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "tracing: not written" in err and "differ from eager PyTorch's by 189" in err and len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_timm_bottom_up_scripts_and_traces_equal_to_eager(tmp_path, capsys):
+    pytest.importorskip("timm")
+    assert tool("export_model")(["--config-file", TINY, "--format", "torchscript", "tracing", "--output", str(tmp_path),
+                                 "MODEL.FPN_PAPER.BOTTOM_UP", "build_timm_backbone", "MODEL.TIMM.NAME", "convnext_atto",
+                                 "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+                                 "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| torchscript", "| tracing"))]
+    assert len(rows) == 2 and all(float(r.split("|")[3]) < 1e-4 for r in rows), rows
+
+
 @pytest.mark.parametrize("neck", ["BottomUpPyramid", "TopDownNoLateral"])
 def test_ablation_necks_script_with_the_same_forward(tmp_path, capsys, neck):
     assert tool("export_model")(["--config-file", TINY, "--format", "torchscript", "--output", str(tmp_path),
@@ -242,40 +260,6 @@ def test_demo_without_levels_writes_no_levels_file(tmp_path, image):
     assert os.listdir(out) == ["img.png"]
 
 
-def _edge_proposals(size, boxes):
-    from detectron2.structures import Boxes, Instances
-
-    inst = Instances((size, size))
-    inst.proposal_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
-    inst.objectness_logits = torch.zeros(len(boxes))
-    return inst
-
-
-def test_levels_at_the_bin_edges_per_image_of_a_batch(make_cfg):
-    """Each detection's level is the Eq. 1 level of the proposal it was regressed from, at the
-    bin edges 112, 224, 448 px, for each image of a batch, and for an image with no proposals."""
-    from detectron2.structures import Boxes, pairwise_iou
-
-    cfg = make_cfg("Base-FPN-Paper.yaml", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
-    model = build_model(cfg).eval()
-    sides = [111.9, 112.0, 223.9, 224.0, 447.9, 448.0]
-    expected = [2, 3, 3, 4, 4, 5]
-    corners = [(10, 10), (140, 10), (270, 10), (510, 10), (10, 500), (480, 500)]
-    first = [[x, y, x + s, y + s] for (x, y), s in zip(corners, sides)]
-    second = first[::-1][1:]  # another order and count: levels must follow each image's proposals
-    size = 1000
-    features = {f"p{k}": torch.randn(3, 256, size // 2 ** k, size // 2 ** k) for k in (2, 3, 4, 5, 6)}
-    proposals = [_edge_proposals(size, first), _edge_proposals(size, second), _edge_proposals(size, [])]
-    with torch.no_grad():
-        results, _ = model.roi_heads(None, features, proposals)
-    for result, boxes, levels in zip(results, (first, second), (expected, expected[::-1][1:])):
-        assert len(result) > 0 and result.pred_levels.dtype == torch.int64
-        # the untrained box regressor barely moves a box: its proposal is the one it overlaps most
-        source = pairwise_iou(result.pred_boxes, Boxes(torch.tensor(boxes))).argmax(1)
-        assert torch.equal(result.pred_levels, torch.tensor(levels)[source])
-    assert len(results[2]) == 0 and results[2].pred_levels.shape == (0,)
-
-
 def test_levels_survive_postprocessing_and_empty_outputs(tmp_path, image):
     """Through DefaultPredictor (resize, post-processing back to image pixels) every output
     carries one level per detection, also when nothing passes the score threshold."""
@@ -285,41 +269,10 @@ def test_levels_survive_postprocessing_and_empty_outputs(tmp_path, image):
 
     bgr = read_image(image, format="BGR")
     for thresh, nonempty in ((0.0, True), (1.0, False)):
-        inst = _predictor(load_config(TINY, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", thresh]))(bgr)["instances"]
+        cfg = load_config(TINY, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", thresh, "MODEL.FPN_PAPER.PRED_LEVELS", True])
+        inst = _predictor(cfg)(bgr)["instances"]
         assert (len(inst) > 0) == nonempty
         assert inst.pred_levels.shape == (len(inst),) and inst.pred_levels.dtype == torch.int64
-
-
-def test_plugin_roi_heads_set_pred_levels_themselves(image):
-    """FPNPaperROIHeads' outputs carry pred_levels with no help from the tools: the Eq. 1 level
-    of the proposal each detection was regressed from."""
-    from detectron2.data.detection_utils import read_image
-
-    from fpn_plugin.config import load_config
-    from fpn_plugin.engine.inference import pooler_levels, test_time_resize
-
-    cfg = load_config(TINY, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
-    bgr = read_image(image, format="BGR")
-    predictor = _predictor(cfg)
-    own = predictor(bgr)["instances"]
-    assert len(own) > 0 and own.has("pred_levels") and own.pred_levels.shape == (len(own),)
-    model, recorded = predictor.model, {}
-    original = model.roi_heads.box_predictor.inference
-
-    def spy(predictions, proposals):  # the reference: levels of the kept proposals
-        results, kept = original(predictions, proposals)
-        recorded["levels"] = pooler_levels(model.roi_heads.box_pooler, [proposals[0].proposal_boxes])[kept[0]]
-        return results, kept
-
-    model.roi_heads.box_predictor.inference = spy
-    try:
-        resized = test_time_resize(cfg).get_transform(bgr).apply_image(bgr)
-        with torch.no_grad():
-            raw = model.inference([{"image": torch.as_tensor(resized.transpose(2, 0, 1).copy())}],
-                                  do_postprocess=False)[0]
-    finally:
-        del model.roi_heads.box_predictor.inference
-    assert torch.equal(raw.pred_levels, recorded["levels"])
 
 
 def test_pyramid_picture_of_a_stock_detectron2_model(tmp_path, image, capsys):
