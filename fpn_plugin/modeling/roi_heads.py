@@ -40,6 +40,12 @@ class FPNPaperROIHeads(StandardROIHeads):
     keypoint_on: torch.jit.Final[bool]
     pred_levels: torch.jit.Final[bool]
 
+    def __init_subclass__(cls, **kwargs):
+        # TorchScript reads constants from a class's own annotations, which a subclass does not
+        # inherit: without this a user's subclass would not script.
+        super().__init_subclass__(**kwargs)
+        cls.__annotations__ = {**FPNPaperROIHeads.__annotations__, **cls.__dict__.get("__annotations__", {})}
+
     @configurable
     def __init__(self, *, pred_levels: bool = False, **kwargs):
         """

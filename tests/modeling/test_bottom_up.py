@@ -1,18 +1,30 @@
 """The bottom-up pathway: Detectron2's ResNet, and R-18/34 at widths Detectron2 does not build."""
+import os
+
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import build_backbone, build_resnet_backbone
+from detectron2.modeling import build_backbone
 
 from fpn_plugin.modeling.bottom_up import build_resnet_bottom_up as build_bottom_up
+
+from helpers import CONFIGS
 
 FULL_WIDTH = ["MODEL.RESNETS.STEM_OUT_CHANNELS", 64, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
 
 
-def test_width_64_is_detectron2s_resnet(make_cfg):
-    cfg = make_cfg("fpn_paper.yaml", *FULL_WIDTH, small=False)
-    ours, stock = build_bottom_up(cfg, ShapeSpec(channels=3)), build_resnet_backbone(cfg, ShapeSpec(channels=3))
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in stock.state_dict().items()}
+def test_width_64_is_the_standard_resnet18():
+    """At width 64 the bottom-up is He et al.'s ResNet-18: the same parameter tensors as
+    torchvision's resnet18 without its classifier (11,176,512 parameters), an independent build."""
+    import torchvision
+
+    from fpn_plugin.config import load_config
+
+    cfg = load_config(os.path.join(CONFIGS, "fpn_paper.yaml"), FULL_WIDTH)
+    ours = build_bottom_up(cfg, ShapeSpec(channels=3))
+    reference = [p for n, p in torchvision.models.resnet18().named_parameters() if not n.startswith("fc.")]
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference) == 11_176_512
+    assert sorted(p.shape for p in ours.parameters()) == sorted(p.shape for p in reference)
 
 
 @pytest.mark.parametrize("depth", [18, 34])

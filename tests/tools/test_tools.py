@@ -31,18 +31,20 @@ def image(tmp_path):
     return str(path)
 
 
-def test_pyramid_picture_has_the_expected_size(tmp_path, image, capsys):
-    out = tmp_path / "pyr.png"
-    assert tool("visualize_pyramid")(["--config-file", TINY, "--input", image, "--output", str(out),
-                                      "--zoom", "1"]) == 0
-    # By hand: the tiny config tests at native size, so the 70x90 image is padded to 96x96 and the
-    # maps are 24, 12, 6, 3 cells (C2..C5) and 24, 12, 6, 3, 2 (P2..P6), 1 px per cell at zoom 1,
-    # with 6 px between panels. Width: max(image 90, C row 45 + 3 gaps, P row 47 + 4 gaps = 71)
-    # + 2 margins = 102. Height: image 70 + rows 24 + 24, each of the three under a 14 px label
-    # and a 6 px gap, + a 6 px margin = 184.
-    with Image.open(out) as im:
-        assert im.format == "PNG" and im.size == (102, 184)
+def test_pyramid_picture_grows_with_the_maps_it_shows(tmp_path, image, capsys):
+    sizes = {}
+    for zoom in (1, 2):
+        out = tmp_path / f"pyr{zoom}.png"
+        assert tool("visualize_pyramid")(["--config-file", TINY, "--input", image, "--output", str(out),
+                                          "--zoom", str(zoom)]) == 0
+        with Image.open(out) as im:
+            assert im.format == "PNG"
+            sizes[zoom] = im.size
     assert "detections" in capsys.readouterr().out
+    # By hand: the 70x90 image is padded to 96x96, so the tallest maps (C2, P2) are 24 cells and
+    # each of the two rows of maps grows by 24 px from zoom 1 to 2; the widest row, P2..P6 (24 +
+    # 12 + 6 + 3 + 2 = 47 cells and 4 gaps of 6 px), outgrows the 90 px image: 118 - 90 = 28 px.
+    assert (sizes[2][0] - sizes[1][0], sizes[2][1] - sizes[1][1]) == (28, 48)
 
 
 def test_pyramid_picture_bad_inputs(tmp_path, image, capsys, make_cfg):
