@@ -20,7 +20,7 @@ from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
-__all__ = ["SIZE_CLASSES", "GtBoxes", "gt_boxes", "feature_levels", "build_anchors", "Coverage", "build_matcher",
+__all__ = ["SIZE_CLASSES", "RATIO_BANDS", "GtBoxes", "gt_boxes", "feature_levels", "build_anchors", "Coverage", "build_matcher",
            "anchor_coverage", "nearest_anchor_iou", "coverage_table", "positives_table"]
 
 logger = logging.getLogger(__name__)
@@ -28,18 +28,24 @@ logger = logging.getLogger(__name__)
 #: COCO's size classes, by box area w*h in the original image: [low, high) in px^2.
 SIZE_CLASSES = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, math.inf))
 THRESHOLDS = (0.5, 0.7)
+#: Bands of box aspect ratio h/w (Detectron2's anchor convention): [low, high).
+RATIO_BANDS = (("h/w < 1/4", 0.0, 0.25), ("1/4 <= h/w < 1/2", 0.25, 0.5), ("1/2 <= h/w < 2", 0.5, 2.0),
+               ("2 <= h/w < 4", 2.0, 4.0), ("h/w >= 4", 4.0, math.inf))
 
 
 @dataclass
 class GtBoxes:
     """Ground-truth boxes at the model's input scale. ``boxes``: (N, 4) XYXY in input pixels;
     ``image``: (N,) index of each box's image, non-decreasing; ``padded``: (M, 2) padded input
-    (H, W) of each image; ``area``: (N,) w*h of each box in the original image."""
+    (H, W) of each image; ``area``: (N,) w*h of each box in the original image; ``resized``: (M, 2)
+    input (H, W) of each image before padding; ``skipped``: boxes of zero or negative size left out."""
 
     boxes: np.ndarray
     image: np.ndarray
     padded: np.ndarray
     area: np.ndarray
+    resized: np.ndarray = None
+    skipped: int = 0
 
     @property
     def sizes(self) -> np.ndarray:
@@ -47,30 +53,44 @@ class GtBoxes:
         wh = self.boxes[:, 2:] - self.boxes[:, :2]
         return np.sqrt(wh[:, 0] * wh[:, 1])
 
+    @property
+    def ratios(self) -> np.ndarray:
+        """(N,) aspect ratio h/w of each box, as Detectron2's ASPECT_RATIOS are written."""
+        wh = self.boxes[:, 2:] - self.boxes[:, :2]
+        return wh[:, 1] / wh[:, 0]
+
 
 def gt_boxes(dataset_dicts, min_size_test=0, max_size_test=0, size_divisibility=32, max_images=0) -> GtBoxes:
     """The non-crowd boxes of positive area in ``dataset_dicts`` (Detectron2 dicts with ``height``,
     ``width``, ``annotations``), each image resized as at test time (ResizeShortestEdge to
     ``min_size_test``, long side <= ``max_size_test``; 0 = no resize) and padded to a multiple of
-    ``size_divisibility``. ``max_images`` > 0 keeps that many images, evenly spaced in the list."""
+    ``size_divisibility``. ``max_images`` > 0 keeps that many images, evenly spaced in the list.
+    Boxes of zero or negative width or height are counted in ``skipped`` and logged, not used."""
     records = list(dataset_dicts)
     if 0 < max_images < len(records):
         records = [records[i] for i in np.linspace(0, len(records) - 1, max_images).round().astype(int)]
-    boxes, image, padded, area = [], [], [], []
+    boxes, image, padded, area, resized, skipped = [], [], [], [], [], 0
     for i, rec in enumerate(records):
         h, w = rec["height"], rec["width"]
         nh, nw = (h, w) if not min_size_test else ResizeShortestEdge.get_output_shape(
             h, w, min_size_test, max_size_test or 10 ** 9)
+        resized.append([nh, nw])
         padded.append([math.ceil(v / size_divisibility) * size_divisibility for v in (nh, nw)])
         scale = np.array([nw / w, nh / h, nw / w, nh / h])
         for anno in rec.get("annotations", []):
+            if anno.get("iscrowd", 0):
+                continue
             box = np.array(BoxMode.convert(list(anno["bbox"]), anno["bbox_mode"], BoxMode.XYXY_ABS), dtype=np.float64)
-            a = max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
-            if not anno.get("iscrowd", 0) and a > 0:
-                boxes.append(box * scale), image.append(i), area.append(a)
+            if box[2] > box[0] and box[3] > box[1]:
+                boxes.append(box * scale), image.append(i), area.append((box[2] - box[0]) * (box[3] - box[1]))
+            else:
+                skipped += 1
+    if skipped:
+        logger.warning("%d boxes of zero or negative width or height skipped", skipped)
     logger.info("%d boxes in %d images", len(boxes), len(records))
     return GtBoxes(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(image, dtype=np.int64),
-                   np.asarray(padded, dtype=np.int64).reshape(-1, 2), np.asarray(area, dtype=np.float64))
+                   np.asarray(padded, dtype=np.int64).reshape(-1, 2), np.asarray(area, dtype=np.float64),
+                   np.asarray(resized, dtype=np.float64).reshape(-1, 2), skipped)
 
 
 def feature_levels(names: Sequence[str]) -> List[int]:
@@ -78,13 +98,17 @@ def feature_levels(names: Sequence[str]) -> List[int]:
     return [int(name.lstrip("abcdefghijklmnopqrstuvwxyz_")) for name in names]
 
 
-def build_anchors(cfg, sizes=None):
+def build_anchors(cfg, sizes=None, ratios=None):
     """Detectron2's anchor generator of ``cfg`` (MODEL.ANCHOR_GENERATOR) on the strides of
-    MODEL.RPN.IN_FEATURES, as the RPN builds it; ``sizes`` (one per level) replaces SIZES."""
-    if sizes is not None:
+    MODEL.RPN.IN_FEATURES, as the RPN builds it; ``sizes`` (one per level) replaces SIZES and
+    ``ratios`` (one list for every level) ASPECT_RATIOS."""
+    if sizes is not None or ratios is not None:
         cfg = cfg.clone()
         cfg.defrost()
-        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[float(s)] for s in sizes]
+        if sizes is not None:
+            cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[float(s)] for s in sizes]
+        if ratios is not None:
+            cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[float(r) for r in ratios]]
     strides = [2 ** k for k in feature_levels(cfg.MODEL.RPN.IN_FEATURES)]
     return build_anchor_generator(cfg, [ShapeSpec(stride=s) for s in strides])
 
@@ -156,11 +180,13 @@ def nearest_anchor_iou(gt: GtBoxes, sizes, aspect_ratios, levels, offset=0.0) ->
     return best.max(axis=0), np.asarray(levels)[best.argmax(axis=0)]
 
 
-def coverage_table(iou: np.ndarray, area: np.ndarray, thresholds=THRESHOLDS) -> Dict[str, Tuple[int, List[float]]]:
-    """Per COCO size class (by original-image ``area``) and "all": (number of boxes, [share of
-    them with best anchor IoU >= t for t in ``thresholds``]); shares are NaN for an empty class."""
+def coverage_table(iou: np.ndarray, area: np.ndarray, thresholds=THRESHOLDS,
+                   classes=SIZE_CLASSES) -> Dict[str, Tuple[int, List[float]]]:
+    """Per class of ``classes`` (default: COCO's size classes, by original-image ``area``; with
+    :data:`RATIO_BANDS` and the boxes' h/w as ``area``, per aspect-ratio band) and "all": (number of
+    boxes, [share of them with best anchor IoU >= t for t in ``thresholds``]); NaN for an empty class."""
     table = {}
-    for name, low, high in SIZE_CLASSES + (("all", 0.0, math.inf),):
+    for name, low, high in tuple(classes) + (("all", 0.0, math.inf),):
         sel = (area >= low) & (area < high)
         table[name] = (int(sel.sum()), [float((iou[sel] >= t).mean()) if sel.any() else math.nan for t in thresholds])
     return table

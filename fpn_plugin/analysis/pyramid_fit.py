@@ -14,12 +14,13 @@ from typing import Dict, List, NamedTuple
 import numpy as np
 import torch
 
-from .anchor_coverage import (GtBoxes, anchor_coverage, build_anchors, build_matcher, coverage_table, feature_levels,
-                              nearest_anchor_iou, positives_table)
+from .anchor_coverage import (RATIO_BANDS, GtBoxes, anchor_coverage, build_anchors, build_matcher, coverage_table,
+                              feature_levels, nearest_anchor_iou, positives_table)
 from ..modeling.poolers import roi_levels
 
-__all__ = ["level_counts", "level_warnings", "canonical_size_for", "Suggestion", "suggest_pyramid", "fit_pyramid",
-           "format_report"]
+__all__ = ["level_counts", "level_warnings", "canonical_size_for", "Suggestion", "suggest_pyramid", "suggest_ratios",
+           "input_scale_advice",
+           "fit_pyramid", "format_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,32 @@ def canonical_size_for(smallest_anchor, canonical_level=4, first_level=2, roundi
 
 
 class Suggestion(NamedTuple):
-    """Anchor sides per RPN level (input pixels), the canonical size and k0 of Eq. 1."""
+    """Anchor sides per RPN level (input pixels), the canonical size and k0 of Eq. 1, and the
+    aspect ratios (h/w, the same on every level) where the config's do not cover the boxes, else None."""
 
     anchor_sizes: List[int]
     canonical_size: int
     canonical_level: int
+    aspect_ratios: List[float] = None
+
+
+def suggest_ratios(box_ratios: np.ndarray, config_ratios, outside=0.05, keep=0.95) -> List[float]:
+    """Aspect ratios (h/w) for the anchors when more than ``outside`` of the boxes have a ratio no
+    ratio of ``config_ratios`` (one list, as the paper's: the same on every level) covers, an anchor
+    of ratio r covering h/w within a factor sqrt(2) of r; else None. The suggestion is the config's
+    ratios plus the powers of two needed so that the middle ``keep`` of the boxes' ratios are covered."""
+    ratios = sorted(float(r) for r in config_ratios)
+    if not len(box_ratios):
+        return None
+    log_r = np.log2(box_ratios)
+    covered = np.zeros(len(log_r), dtype=bool)
+    for r in ratios:
+        covered |= np.abs(log_r - math.log2(r)) <= 0.5 + 1e-9
+    if (~covered).mean() <= outside:
+        return None
+    lo, hi = np.quantile(log_r, [(1 - keep) / 2, (1 + keep) / 2])
+    extra = {2.0 ** j for j in range(math.floor(lo + 0.5), math.ceil(hi - 0.5) + 1)}
+    return sorted(set(ratios) | extra)
 
 
 def suggest_pyramid(gt: GtBoxes, aspect_ratios, levels, canonical_level=4, rounding="floor", offset=0.0,
@@ -100,6 +122,24 @@ def suggest_pyramid(gt: GtBoxes, aspect_ratios, levels, canonical_level=4, round
     return Suggestion([best * 2 ** j for j in range(len(levels))], max(int(canonical), 1), canonical_level)
 
 
+def input_scale_advice(gt: GtBoxes, finest_stride: int, min_size_test: int, threshold: float = 0.05):
+    """When more than ``threshold`` of the boxes are smaller (sqrt(wh), input px) than one cell of
+    the finest map (``finest_stride``), the input scale at which ``threshold`` of them are, as
+    {"share": share below a cell now, "stride": ``finest_stride``, "factor": the upscaling f, "min_size": the INPUT.MIN_SIZE_TEST
+    / MIN_SIZE_TRAIN that gives it (the images' median short side times f, rounded up to a
+    multiple of 32), "pixels_now" / "pixels_then": mean input pixels per image}; else None."""
+    sizes = gt.sizes
+    share = float((sizes < finest_stride).mean()) if len(sizes) else 0.0
+    if share <= threshold:
+        return None
+    factor = finest_stride / float(np.quantile(sizes, threshold))
+    resized = gt.resized if gt.resized is not None else gt.padded.astype(np.float64)
+    short = float(np.median(resized.min(axis=1)))
+    pixels = float(np.mean(resized[:, 0] * resized[:, 1]))
+    return {"share": share, "stride": finest_stride, "factor": factor, "min_size": int(math.ceil(short * factor / 32) * 32),
+            "min_size_now": min_size_test, "pixels_now": pixels, "pixels_then": pixels * factor ** 2}
+
+
 def fit_pyramid(cfg, gt: GtBoxes) -> Dict:
     """Everything the level report prints, for ``cfg`` as it is ("now") and with the suggestion
     of :func:`suggest_pyramid` ("suggested"): per setting the anchor sizes, canonical size, Eq. 1
@@ -110,17 +150,26 @@ def fit_pyramid(cfg, gt: GtBoxes) -> Dict:
     pooled, rpn = feature_levels(cfg.MODEL.ROI_HEADS.IN_FEATURES), feature_levels(cfg.MODEL.RPN.IN_FEATURES)
     rule = dict(canonical_level=fp.CANONICAL_LEVEL, min_level=min(pooled), max_level=max(pooled),
                 rounding=fp.LEVEL_ROUNDING)
-    suggestion = suggest_pyramid(gt, ag.ASPECT_RATIOS, rpn, fp.CANONICAL_LEVEL, fp.LEVEL_ROUNDING, ag.OFFSET)
-    out = {"rule": rule, "suggestion": suggestion, "boxes": gt}
-    for name, sizes, canonical in (("now", None, fp.CANONICAL_SIZE),
-                                   ("suggested", suggestion.anchor_sizes, suggestion.canonical_size)):
-        iou, best_level, positives = anchor_coverage(gt, build_anchors(cfg, sizes), rpn, build_matcher(cfg))
+    # One list of ratios for every level is the paper's design; with one list per level the first is read.
+    new_ratios = suggest_ratios(gt.ratios, ag.ASPECT_RATIOS[0])
+    ratios = [new_ratios] if new_ratios else ag.ASPECT_RATIOS
+    suggestion = suggest_pyramid(gt, ratios, rpn, fp.CANONICAL_LEVEL, fp.LEVEL_ROUNDING, ag.OFFSET)._replace(
+        aspect_ratios=new_ratios)
+    out = {"rule": rule, "suggestion": suggestion, "boxes": gt,
+           "input_scale": input_scale_advice(gt, 2 ** min(rpn + pooled), cfg.INPUT.MIN_SIZE_TEST)}
+    for name, sizes, canonical, anchor_ratios in (("now", None, fp.CANONICAL_SIZE, None),
+                                                  ("suggested", suggestion.anchor_sizes, suggestion.canonical_size,
+                                                   new_ratios)):
+        generator = build_anchors(cfg, sizes, anchor_ratios)
+        iou, best_level, positives = anchor_coverage(gt, generator, rpn, build_matcher(cfg))
         counts = level_counts(gt.sizes, canonical_size=canonical, **rule)
         eq1 = roi_levels(torch.as_tensor(gt.boxes), canonical_size=canonical, **rule).numpy()
         agree = float(np.mean(eq1 == np.clip(best_level, rule["min_level"], rule["max_level"])))
         out[name] = dict(anchor_sizes=sizes or [s for row in ag.SIZES for s in row], canonical_size=canonical,
                          counts=counts, warnings=level_warnings(counts), iou=iou, best_level=best_level,
                          coverage=coverage_table(iou, gt.area), agreement=agree, positives=positives,
+                         ratio_coverage=coverage_table(iou, gt.ratios, classes=RATIO_BANDS),
+                         aspect_ratios=anchor_ratios or [float(r) for r in ag.ASPECT_RATIOS[0]],
                          positives_table=positives_table(positives, gt.area))
     return out
 
@@ -145,6 +194,13 @@ def format_report(fit: Dict, title: str) -> str:
     for c, (n, before) in now["coverage"].items():
         after = new["coverage"][c][1]
         lines.append(f"| {c} | {n} | {pct(before[0])} | {pct(before[1])} | {pct(after[0])} | {pct(after[1])} |")
+    lines += ["", f"Anchor coverage per aspect-ratio band of the boxes (h/w). Ratios now {now['aspect_ratios']}, "
+              f"suggested {new['aspect_ratios']}.", "",
+              "| h/w band | boxes | now >= 0.5 | now >= 0.7 | suggested >= 0.5 | suggested >= 0.7 |",
+              "|---|---|---|---|---|---|"]
+    for c, (n, before) in now["ratio_coverage"].items():
+        after = new["ratio_coverage"][c][1]
+        lines.append(f"| {c} | {n} | {pct(before[0])} | {pct(before[1])} | {pct(after[0])} | {pct(after[1])} |")
     lines += ["", "RPN positives per box: the anchors the RPN's matcher (MODEL.RPN.IOU_THRESHOLDS) labels "
               "positive for it in training, median / mean, and the size class's share of all positives, which "
               "is its share of the positives the RPN samples (MODEL.RPN.BATCH_SIZE_PER_IMAGE).", "",
@@ -158,8 +214,19 @@ def format_report(fit: Dict, title: str) -> str:
               f"{pct(new['agreement'])} with the suggestion."]
     for name, d in (("now", now), ("suggested", new)):
         lines += ["", f"Warnings ({name}):"] + ([f"- {w}" for w in d["warnings"]] or ["- none"])
+    scale = fit.get("input_scale")
+    if scale:
+        lines += ["", f"Input scale: {pct(scale['share'])} of the boxes are smaller than one cell of the finest map "
+                  f"(stride {scale['stride']}) at the test scale, where no level can place them. At {scale['factor']:.2f}x the "
+                  f"scale 5% are: INPUT.MIN_SIZE_TEST and INPUT.MIN_SIZE_TRAIN {scale['min_size']} (now "
+                  f"{scale['min_size_now'] or 'native'}), with MAX_SIZE_TEST / MAX_SIZE_TRAIN raised to match, at "
+                  f"about {scale['pixels_then']:.0f} input pixels per image instead of {scale['pixels_now']:.0f} "
+                  f"({scale['factor'] ** 2:.1f}x the cost); or crop training images at that scale."]
     lines += ["", "Suggested config (anchor sides and canonical size in input pixels, i.e. after the test-time "
-              "resize; the RPN's levels get one side each, doubling, with the config's aspect ratios):", "",
-              "MODEL:", "  ANCHOR_GENERATOR:", f"    SIZES: {[[a] for a in s.anchor_sizes]}", "  FPN_PAPER:",
+              "resize; the RPN's levels get one side each, doubling, with the config's aspect ratios or the suggested ones):", "",
+              "MODEL:", "  ANCHOR_GENERATOR:", f"    SIZES: {[[a] for a in s.anchor_sizes]}"]
+    if s.aspect_ratios:
+        lines += [f"    ASPECT_RATIOS: {[[round(r, 4) for r in s.aspect_ratios]]}"]
+    lines += ["  FPN_PAPER:",
               f"    CANONICAL_SIZE: {s.canonical_size}", f"    CANONICAL_LEVEL: {s.canonical_level}"]
     return "\n".join(lines)

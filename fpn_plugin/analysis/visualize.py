@@ -12,7 +12,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 
 from ..engine.inference import pooler_levels
 
-__all__ = ["LEVEL_COLOURS", "pyramid_forward", "render_pyramid", "pyramid_canvas_size", "plot_level_histogram"]
+__all__ = ["LEVEL_COLOURS", "pyramid_forward", "render_pyramid", "pyramid_canvas_size", "plot_pyramid_fit"]
 
 #: Colour of each pooled level in the pictures.
 LEVEL_COLOURS = {2: (230, 25, 75), 3: (245, 130, 48), 4: (60, 180, 75), 5: (0, 130, 200), 6: (145, 30, 180)}
@@ -126,33 +126,61 @@ def render_pyramid(image_rgb: np.ndarray, bottom_up: Dict[str, torch.Tensor], py
     return canvas
 
 
-def plot_level_histogram(sizes: np.ndarray, path: str, canonical_level=4, canonical_size=224,
-                         min_level=2, max_level=5, rounding="floor", title="", anchor_marks=()):
-    """A histogram of log2 box sizes, bars coloured by the level Eq. 1 gives, bin edges dashed;
-    ``anchor_marks``: (label, colour, anchor sides) drawn as dotted lines."""
+def plot_pyramid_fit(fit: dict, path: str, title: str = ""):
+    """The level report as one PNG (``fit`` from :func:`fpn_plugin.analysis.pyramid_fit.fit_pyramid`):
+    for the config now and for the suggestion, the boxes' sizes on a log axis coloured by the level
+    Eq. 1 pools them from, with Eq. 1's bin edges (dashed) and the anchor sides (dotted); below, the
+    share of boxes with an anchor at IoU >= 0.5 and >= 0.7 per COCO size class, now and suggested."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shift = 0.5 if rounding == "round" else 0.0
-    edges = [canonical_size * 2.0 ** (k - canonical_level - shift) for k in range(min_level + 1, max_level + 1)]
-    bins = np.linspace(np.log2(max(sizes.min(), 1.0)), np.log2(max(sizes.max(), 2.0)), 41)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    log_sizes = np.log2(np.maximum(sizes, 1e-6))
-    bounds = [-np.inf] + [math.log2(e) for e in edges] + [np.inf]
-    for i, k in enumerate(range(min_level, max_level + 1)):
-        sel = log_sizes[(log_sizes >= bounds[i]) & (log_sizes < bounds[i + 1])]
-        ax.hist(sel, bins=bins, color=np.array(LEVEL_COLOURS[k]) / 255, label=f"P{k} ({len(sel)})")
-    for e in edges:
-        ax.axvline(math.log2(e), color="k", linestyle="--", linewidth=0.8)
-    for label, colour, sides in anchor_marks:
-        for j, side in enumerate(sides):
-            ax.axvline(math.log2(side), color=colour, linestyle=":", linewidth=1.2, label=label if j == 0 else None)
-    ax.set_xlabel("log2 sqrt(wh) of ground-truth boxes at the model's input scale (px)")
-    ax.set_ylabel("boxes")
-    ax.set_title(title or f"Eq. 1 levels (k0={canonical_level}, canonical {canonical_size}, {rounding})")
-    ax.legend(fontsize=7)
+    sizes, rule = fit["boxes"].sizes, fit["rule"]
+    low, high = max(float(sizes.min()) / 1.5, 1.0), float(sizes.max()) * 1.5
+    bins = np.geomspace(low, high, 41)
+    shift = 0.5 if rule["rounding"] == "round" else 0.0
+    levels = list(range(rule["min_level"], rule["max_level"] + 1))
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9), gridspec_kw={"height_ratios": [1, 1, 0.9]})
+    for ax, name in zip(axes[:2], ("now", "suggested")):
+        setting = fit[name]
+        c = setting["canonical_size"]
+        edges = [c * 2.0 ** (k - rule["canonical_level"] - shift) for k in levels[1:]]
+        bounds = [0.0] + edges + [np.inf]
+        for i, k in enumerate(levels):
+            sel = sizes[(sizes >= bounds[i]) & (sizes < bounds[i + 1])]
+            ax.hist(sel, bins=bins, color=np.array(LEVEL_COLOURS[k]) / 255, label=f"P{k}: {len(sel)} boxes")
+        for e in edges:
+            ax.axvline(e, color="k", linestyle="--", linewidth=1)
+        for j, side in enumerate(setting["anchor_sizes"]):
+            if low <= side <= high:
+                ax.axvline(side, color="0.35", linestyle=":", linewidth=1.6, label="anchor sides" if j == 0 else None)
+        ax.set_xscale("log")
+        ax.set_xlim(low, high)
+        ticks = [2.0 ** j for j in range(int(math.floor(math.log2(low))), int(math.ceil(math.log2(high))) + 1)]
+        ax.set_xticks([t for t in ticks if low <= t <= high])
+        ax.set_xticklabels([f"{t:g}" for t in ticks if low <= t <= high])
+        anchors = ", ".join(f"{a:g}" for a in setting["anchor_sizes"])
+        ax.set_title(f"{name}: canonical size {c} (k0 = {rule['canonical_level']}, {rule['rounding']}), anchors {anchors} px",
+                     fontsize=10)
+        ax.set_ylabel("boxes")
+        ax.legend(fontsize=8, loc="upper right")
+    axes[1].set_xlabel("box size sqrt(wh) at the model's input scale (px, log axis); dashed: Eq. 1's level edges")
+    ax = axes[2]
+    classes = list(fit["now"]["coverage"])
+    x = np.arange(len(classes))
+    bars = [("now, IoU >= 0.5", "now", 0, "#9ecae1"), ("now, IoU >= 0.7", "now", 1, "#3182bd"),
+            ("suggested, IoU >= 0.5", "suggested", 0, "#fdae6b"), ("suggested, IoU >= 0.7", "suggested", 1, "#e6550d")]
+    for j, (label, name, t, colour) in enumerate(bars):
+        values = [100 * fit[name]["coverage"][c][1][t] for c in classes]
+        ax.bar(x + (j - 1.5) * 0.2, values, 0.2, label=label, color=colour)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{c} ({fit['now']['coverage'][c][0]})" for c in classes])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("% of boxes with an anchor at IoU")
+    ax.set_title("anchor coverage per COCO size class (0.7 is the RPN's positive threshold)", fontsize=10)
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=80, format="png")
+    fig.savefig(path, dpi=90, format="png")
     plt.close(fig)

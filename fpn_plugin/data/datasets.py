@@ -16,6 +16,7 @@ __all__ = [
     "sanitize_annotations",
     "check_proposal_files",
     "check_has_masks",
+    "load_json_checked",
     "DatasetFileError",
 ]
 
@@ -31,16 +32,40 @@ def _default_root() -> str:
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def load_json_checked(json_file: str, image_root: str, name: str) -> List[Dict]:
-    """``load_coco_json`` with one clear error naming the file when it is missing or corrupt."""
+def load_json_checked(json_file: str, image_root: str, name: str, metadata: bool = True) -> List[Dict]:
+    """``load_coco_json`` with one clear error naming the file when it is missing, corrupt, not a
+    COCO json (no ``images`` or ``annotations`` list) or has images without a width or height.
+    No image file is read: the sizes come from the json's ``images`` entries. ``metadata``: let
+    ``load_coco_json`` record the categories under ``name`` in MetadataCatalog."""
     if not os.path.isfile(json_file):
         raise DatasetFileError(f"annotation file of dataset '{name}' not found: {json_file}")
     try:
-        return load_coco_json(json_file, image_root, name)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        with open(json_file) as f:
+            coco = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetFileError(
             f"annotation file of dataset '{name}' is corrupt: {json_file} ({type(e).__name__}: {e})"
         ) from e
+    missing = [k for k in ("images", "annotations") if not isinstance(coco, dict) or not isinstance(coco.get(k), list)]
+    if missing:
+        raise DatasetFileError(f"{json_file} is not a COCO json: no {' or '.join(repr(k) for k in missing)} list")
+    unsized = [img for img in coco["images"] if not all(_positive(img.get(k)) for k in ("width", "height"))]
+    if unsized:
+        first = unsized[0]
+        raise DatasetFileError(
+            f"{json_file}: {len(unsized)} of {len(coco['images'])} images have no positive width and height, "
+            f"e.g. id {first.get('id')!r} ({first.get('file_name', 'no file_name')})"
+        )
+    try:
+        return load_coco_json(json_file, image_root, name if metadata else None)
+    except (KeyError, TypeError, ValueError, AssertionError) as e:
+        raise DatasetFileError(
+            f"annotation file of dataset '{name}' is corrupt: {json_file} ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
 
 
 def register_shapes(name: str):
@@ -80,7 +105,10 @@ def check_proposal_files(proposal_files) -> None:
 def sanitize_annotations(dataset_dicts: List[Dict]) -> List[Dict]:
     """Drop, with one warning, the annotations that would train on nothing: boxes of zero or
     negative area and boxes wholly outside their image. Partly-outside boxes are kept (the
-    data mapper clips them). Records are copied, never changed in place."""
+    data mapper clips them). Records are copied, never changed in place. Kept beside Detectron2's
+    own filters because they differ: ``filter_empty_instances`` drops empty boxes after each
+    sample's transforms, silently, and ``filter_images_with_only_crowd_annotations`` drops images,
+    not boxes; this names what it drops, once, before training."""
     out, dropped = [], []
     for record in dataset_dicts:
         w, h = record.get("width"), record.get("height")

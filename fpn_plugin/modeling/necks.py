@@ -9,9 +9,7 @@ neck must do.
 import copy
 import logging
 import math
-from typing import Dict, List, Optional
-
-from typing import Union
+from typing import Dict, List, Optional, Union
 
 import fvcore.nn.weight_init as weight_init
 import torch

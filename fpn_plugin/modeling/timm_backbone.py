@@ -9,7 +9,6 @@ timm is an optional dependency (tools/setup_env.sh installs it, held to the inst
 """
 import difflib
 import logging
-import math
 import os
 from typing import Dict, List
 
@@ -18,6 +17,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ..config import check_choice
+from .necks import level_of
 
 __all__ = ["TimmBackbone", "build_timm_backbone", "TIMM_NORMS", "TIMM_VERSION"]
 
@@ -66,8 +66,8 @@ class TimmBackbone(Backbone):
         reductions, channels = list(info.reduction()), list(info.channels())
         by_level: Dict[int, int] = {}  # level -> index into the model's outputs (deepest wins)
         for i, r in enumerate(reductions):
-            if r >= 2 and 2 ** round(math.log2(r)) == r:
-                by_level[round(math.log2(r))] = i
+            if r >= 2 and 2 ** level_of(r) == r:
+                by_level[level_of(r)] = i
         levels = sorted(by_level)
         chain = [k for k in levels if k - 1 in by_level or k + 1 in by_level]
         if len(chain) < 2:

@@ -218,3 +218,31 @@ def test_boxes_skip_crowds_and_empty_boxes_and_subsample_evenly():
     assert gt_boxes(recs).sizes.tolist() == [10, 20, 30, 40]
     assert gt_boxes(recs, max_images=2).sizes.tolist() == [10, 40]
     assert gt_boxes(recs, max_images=3).sizes.tolist() == gt_boxes(recs, max_images=3).sizes.tolist()
+
+
+def test_suggested_ratios_cover_the_boxes_they_were_made_from():
+    """Boxes of h/w 1/6 and 6 (beyond the paper's 0.5..2, which cover 0.35..2.83): the suggestion
+    adds powers of two until every box's ratio is within sqrt(2) of an anchor's."""
+    from fpn_plugin.analysis.pyramid_fit import suggest_ratios
+
+    box_ratios = np.array([1 / 6] * 30 + [1.0] * 40 + [6.0] * 30)
+    ratios = suggest_ratios(box_ratios, [0.5, 1.0, 2.0])
+    assert {0.5, 1.0, 2.0} <= set(ratios)
+    for r in box_ratios:
+        assert min(abs(math.log2(r / a)) for a in ratios) <= 0.5, r
+    # by hand: the middle 95% of log2(h/w) spans -2.58..2.58, so the powers of two from 2**-3 to 2**3
+    # (6 is within sqrt(2) of 8, not of 4)
+    assert ratios == [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    # Boxes the config's ratios already cover (and a few outliers, under 5%) leave them as they are.
+    assert suggest_ratios(np.array([0.4] * 50 + [2.5] * 48 + [10.0] * 2), [0.5, 1.0, 2.0]) is None
+
+
+def test_report_covers_elongated_boxes_with_the_suggested_ratios(cfg):
+    # 1:6 and 6:1 boxes centred on a grid point: with the suggested ratios each has an anchor at IoU >= 0.5.
+    images = [[(128, 128, 12, 72), (128, 128, 72, 12)], [(128, 128, 24, 144), (128, 128, 144, 24)]]
+    fit = fit_pyramid(cfg, gt_boxes(records(images)))
+    assert fit["suggestion"].aspect_ratios and max(fit["suggestion"].aspect_ratios) >= 4
+    assert fit["suggested"]["ratio_coverage"]["all"][1][0] == 1.0  # all at IoU >= 0.5
+    assert fit["now"]["ratio_coverage"]["all"][1][0] < 1.0
+    text = format_report(fit, "t")
+    assert "ASPECT_RATIOS:" in text and "| h/w >= 4 |" in text

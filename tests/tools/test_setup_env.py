@@ -168,13 +168,13 @@ def test_archive_source_is_unpacked_and_built_against_the_installed_torch(fake, 
     assert not os.listdir(fake.scratch)  # the unpacked copy is removed
 
 
-def test_upstream_build_uses_the_pinned_commit_named_in_the_readme(fake):
+def test_upstream_build_uses_the_pinned_commit_named_in_the_install_docs(fake):
     proc, calls = fake()
     assert proc.returncode == 0, proc.stderr
     (args,) = builds(calls)
     match = re.fullmatch(r"git\+https://github\.com/facebookresearch/detectron2\.git@([0-9a-f]{40})", args[-1])
     assert match, args
-    with open(os.path.join(ROOT, "README.md")) as f:
+    with open(os.path.join(ROOT, "docs", "install.md")) as f:
         assert match.group(1) in f.read()
     with open(SCRIPT) as f:
         assert f.read().count(match.group(1)) == 1  # named in one place
