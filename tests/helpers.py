@@ -60,6 +60,20 @@ def inputs(*sizes, boxes=True):
     return out
 
 
+def train_step(model, *sizes):
+    """One training forward and backward of ``model`` on ``inputs(*sizes)``; asserts the loss is
+    finite and returns it."""
+    from detectron2.utils.events import EventStorage
+
+    model.train()
+    with EventStorage():
+        losses = model(inputs(*sizes))
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    return total
+
+
 class StubBottomUp(Backbone):
     """Declares res2..res5 at strides 4..32 with ``channels`` channels."""
 

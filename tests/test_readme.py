@@ -4,9 +4,8 @@ import re
 
 import torch
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
 
-from helpers import ROOT, inputs
+from helpers import ROOT, inputs, train_step
 
 
 def readme_example(name):
@@ -21,12 +20,7 @@ def readme_example(name):
 
 
 def train_step_and_infer(model):
-    model.train()
-    with EventStorage():
-        losses = model(inputs((96, 128), (64, 96)))
-    total = sum(losses.values())
-    assert torch.isfinite(total)
-    total.backward()
+    train_step(model, (96, 128), (64, 96))
     model.eval()
     with torch.no_grad():
         return model(inputs((96, 128), boxes=False))[0]["instances"]
