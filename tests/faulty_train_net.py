@@ -1,4 +1,4 @@
-"""train_net.py with a fault injected, for tests/test_checkpoint.py. Run it with the repository
+"""train_net.py with a fault injected, for tests/engine/test_checkpoint.py. Run it with the repository
 root on PYTHONPATH, train_net.py's arguments and ``MODEL.META_ARCHITECTURE FaultyRCNN``:
 
     FPN_TEST_KILL_AT=k   the process SIGKILLs itself in the middle of iteration k (after the
