@@ -44,7 +44,7 @@ class GtBoxes:
     image: np.ndarray
     padded: np.ndarray
     area: np.ndarray
-    resized: np.ndarray = None
+    resized: np.ndarray
     skipped: int = 0
 
     @property

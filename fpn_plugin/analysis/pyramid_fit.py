@@ -19,8 +19,7 @@ from .anchor_coverage import (RATIO_BANDS, GtBoxes, anchor_coverage, build_ancho
 from ..modeling.poolers import roi_levels
 
 __all__ = ["level_counts", "level_warnings", "canonical_size_for", "Suggestion", "suggest_pyramid", "suggest_ratios",
-           "input_scale_advice",
-           "fit_pyramid", "format_report"]
+           "input_scale_advice", "fit_pyramid", "format_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,17 +124,17 @@ def suggest_pyramid(gt: GtBoxes, aspect_ratios, levels, canonical_level=4, round
 def input_scale_advice(gt: GtBoxes, finest_stride: int, min_size_test: int, threshold: float = 0.05):
     """When more than ``threshold`` of the boxes are smaller (sqrt(wh), input px) than one cell of
     the finest map (``finest_stride``), the input scale at which ``threshold`` of them are, as
-    {"share": share below a cell now, "stride": ``finest_stride``, "factor": the upscaling f, "min_size": the INPUT.MIN_SIZE_TEST
-    / MIN_SIZE_TRAIN that gives it (the images' median short side times f, rounded up to a
-    multiple of 32), "pixels_now" / "pixels_then": mean input pixels per image}; else None."""
+    {"share": share below a cell now, "stride": ``finest_stride``, "factor": the upscaling f,
+    "min_size": the INPUT.MIN_SIZE_TEST / MIN_SIZE_TRAIN that gives it (the images' median short
+    side times f, rounded up to a multiple of 32), "pixels_now" / "pixels_then": mean input pixels
+    per image}; else None."""
     sizes = gt.sizes
     share = float((sizes < finest_stride).mean()) if len(sizes) else 0.0
     if share <= threshold:
         return None
     factor = finest_stride / float(np.quantile(sizes, threshold))
-    resized = gt.resized if gt.resized is not None else gt.padded.astype(np.float64)
-    short = float(np.median(resized.min(axis=1)))
-    pixels = float(np.mean(resized[:, 0] * resized[:, 1]))
+    short = float(np.median(gt.resized.min(axis=1)))
+    pixels = float(np.mean(gt.resized[:, 0] * gt.resized[:, 1]))
     return {"share": share, "stride": finest_stride, "factor": factor, "min_size": int(math.ceil(short * factor / 32) * 32),
             "min_size_now": min_size_test, "pixels_now": pixels, "pixels_then": pixels * factor ** 2}
 

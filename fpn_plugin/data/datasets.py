@@ -9,7 +9,7 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
 from .generation import ensure_shapes
-from .shapes import CATEGORIES, SPLITS
+from .shapes import CATEGORIES
 
 __all__ = [
     "register_shapes",

@@ -78,7 +78,6 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         logger.info("Saving checkpoint to %s", path)
-        os.makedirs(self.save_dir, exist_ok=True)
         with atomic_output(path) as tmp, open(tmp, "wb") as f:
             torch.save(data, f)  # looked up at call time, so a test can make it fail part-way
         self.tag_last_checkpoint(basename)

@@ -1,12 +1,11 @@
 """The paper's neck: widths, the top-down sum, P6, linearity, the registry and bad widths."""
 import pytest
 import torch
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import Backbone, build_backbone
+from detectron2.modeling import build_backbone
 
-from fpn_plugin import NECK_REGISTRY, PaperFPN, PyramidNeck
+from fpn_plugin import NECK_REGISTRY, PyramidNeck
 
-from helpers import StubBottomUp, hand_inputs, identity_neck
+from helpers import hand_inputs, identity_neck
 
 
 def test_top_down_is_nearest_upsample_plus_lateral():
